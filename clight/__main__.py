@@ -1,0 +1,3 @@
+from clight.cli import main
+
+main()

@@ -1,0 +1,76 @@
+"""Base class of every continual-learning callback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+
+from clight.errors import ClightConfigError
+from clight.task import TaskInfo
+
+
+def current_task(trainer: pl.Trainer, fallback_index: int = 0) -> TaskInfo:
+    """The task a trainer is fitting.
+
+    clight's datamodules expose ``current_task`` (a :class:`~clight.task.TaskInfo`); any other datamodule (a
+    user's own Lightning project calling ``trainer.fit`` once per task) gets ``task-<i>`` with ``i`` counted by
+    the callback.
+    """
+    datamodule = getattr(trainer, "datamodule", None)
+    info = getattr(datamodule, "current_task", None)
+    if isinstance(info, TaskInfo):
+        return info
+    return TaskInfo(index=fallback_index, name=f"task-{fallback_index}")
+
+
+class ContinualCallback(Callback):
+    """A Lightning callback that knows about task boundaries.
+
+    Subclasses override :meth:`on_task_start` / :meth:`on_task_end` and declare the module capabilities they
+    rely on in ``required_capabilities`` (for example ``{"loss_terms"}``); a module that lacks one is rejected
+    in ``setup`` with a clear error. ``on_task_start`` is dispatched from ``on_fit_start`` and runs again when a
+    task is resumed mid-way, so it must be idempotent; ``on_task_end`` is dispatched from ``on_fit_end`` (before
+    teardown moves the model off the accelerator) and runs exactly once per finished task.
+
+    Works in any Lightning project with one ``trainer.fit`` per task: the callback counts finished tasks itself.
+    """
+
+    required_capabilities: frozenset[str] = frozenset()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks_seen = 0
+
+    # ---- task hooks for subclasses -------------------------------------------------------------------------
+    def on_task_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo) -> None:
+        """Called when training on ``task`` starts (or resumes)."""
+
+    def on_task_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo) -> None:
+        """Called once when training on ``task`` has finished, before the model leaves the device."""
+
+    # ---- Lightning hooks ---------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        missing = sorted(self.required_capabilities - set(getattr(pl_module, "capabilities", ())))
+        if missing:
+            raise ClightConfigError(
+                f"`{type(self).__name__}` needs the module capabilities {missing}, which "
+                f"`{type(pl_module).__name__}` does not provide. Use `clight.ContinualModule` (or add "
+                f"{missing} to your module's `capabilities` with the matching methods), or remove the callback."
+            )
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.on_task_start(trainer, pl_module, current_task(trainer, self.tasks_seen))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.on_task_end(trainer, pl_module, current_task(trainer, self.tasks_seen))
+        self.tasks_seen += 1
+
+    # ---- checkpointing --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values and CPU tensors only (loadable with ``torch.load(weights_only=True)``)."""
+        return {"tasks_seen": self.tasks_seen}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.tasks_seen = int(state_dict["tasks_seen"])

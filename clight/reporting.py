@@ -1,0 +1,330 @@
+"""Reporting helpers: result-matrix heatmaps, ``results.json`` and a text summary.
+
+Figures are built with :class:`matplotlib.figure.Figure` and the Agg canvas directly,
+never through ``pyplot``, so no global GUI/backend state is touched and the functions
+are safe to call from headless training processes.
+
+These helpers do no distributed coordination: call them on rank 0 only
+(e.g. under ``trainer.is_global_zero``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = [
+    "figure_to_chw_uint8",
+    "format_summary_table",
+    "render_heatmap",
+    "save_figure_png",
+    "to_json_safe",
+    "write_results_json",
+]
+
+_SUMMARY_LABELS: tuple[tuple[str, str], ...] = (
+    ("average", "average (final row)"),
+    ("bwt", "backward transfer"),
+    ("fwt", "forward transfer"),
+    ("forgetting", "forgetting"),
+    ("learning", "learning (diagonal)"),
+)
+
+
+# --------------------------------------------------------------------------- heatmap
+
+
+def _as_numpy_matrix(matrix: Any) -> np.ndarray:
+    """Converts a tensor / array / nested list (``None`` allowed) to a 2-D float64 array."""
+    if isinstance(matrix, torch.Tensor):
+        arr = matrix.detach().to(device="cpu", dtype=torch.float64).numpy()
+    else:
+        try:
+            arr = np.array(matrix, dtype=np.float64)  # None -> nan
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"matrix must be a rectangular array of numbers; could not convert it: {err}"
+            ) from err
+    if arr.ndim != 2:
+        raise ValueError(f"matrix must be 2-D of shape (stages, tasks); got shape {arr.shape}")
+    return arr
+
+
+def _figure_size(num_rows: int, num_cols: int) -> tuple[float, float]:
+    """Figure size in inches, growing with the matrix while staying readable."""
+    width = min(3.0 + 0.85 * num_cols, 40.0)
+    height = min(2.2 + 0.55 * num_rows, 30.0)
+    return max(width, 5.0), max(height, 3.5)
+
+
+def _annotation_fontsize(num_rows: int, num_cols: int) -> float:
+    """Cell annotation font size, shrinking slowly for large matrices."""
+    return float(max(6, 11 - max(num_rows, num_cols) // 4))
+
+
+def _annotate_cells(ax: Any, values: np.ndarray, image: Any) -> None:
+    """Writes each finite value with 2 decimals; dark cells get white text."""
+    fontsize = _annotation_fontsize(*values.shape)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            value = values[i, j]
+            if not np.isfinite(value):
+                continue
+            red, green, blue, _ = image.cmap(image.norm(value))
+            luminance = 0.299 * red + 0.587 * green + 0.114 * blue
+            color = "black" if luminance > 0.5 else "white"
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color=color, fontsize=fontsize)
+
+
+def render_heatmap(
+    matrix: Any,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    *,
+    title: str,
+    metric: str,
+    higher_is_better: bool,
+) -> Figure:
+    """Renders a result matrix as an annotated heatmap.
+
+    Cells show values with two decimals; NaN/``None`` cells are left blank (light grey).
+    The colormap is viridis, reversed for lower-is-better metrics so that "good" is
+    always yellow. Column labels are rotated, and the figure grows with the number of
+    tasks and stages.
+
+    Args:
+        matrix: Result matrix of shape ``(stages, tasks)``: tensor, array or nested list
+            (``None`` entries are treated as NaN).
+        row_labels: One label per row (stage names).
+        col_labels: One label per column (task names).
+        title: Figure title.
+        metric: Metric name, used for the colorbar label.
+        higher_is_better: Orientation of the metric; selects the colormap direction.
+
+    Returns:
+        A :class:`~matplotlib.figure.Figure` attached to an Agg canvas (no pyplot).
+
+    Raises:
+        ValueError: If ``matrix`` is not 2-D, is empty, or the label counts do not match
+            its shape.
+    """
+    values = _as_numpy_matrix(matrix)
+    num_rows, num_cols = values.shape
+    if num_rows == 0 or num_cols == 0:
+        raise ValueError(f"matrix must have at least one row and one column; got shape {values.shape}")
+    if len(row_labels) != num_rows:
+        raise ValueError(f"row_labels must have {num_rows} entries (matrix rows); got {len(row_labels)}")
+    if len(col_labels) != num_cols:
+        raise ValueError(f"col_labels must have {num_cols} entries (matrix columns); got {len(col_labels)}")
+
+    fig = Figure(figsize=_figure_size(num_rows, num_cols))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+
+    cmap = matplotlib.colormaps["viridis" if higher_is_better else "viridis_r"].with_extremes(bad="#eeeeee")
+    finite = values[np.isfinite(values)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if vmin == vmax:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
+    masked = np.ma.masked_invalid(values)
+    image = ax.imshow(masked, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+
+    _annotate_cells(ax, values, image)
+    ax.set_xticks(range(num_cols), labels=[str(label) for label in col_labels])
+    ax.set_yticks(range(num_rows), labels=[str(label) for label in row_labels])
+    ax.tick_params(axis="x", labelrotation=40)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+        label.set_rotation_mode("anchor")
+    ax.set_xlabel("evaluated task")
+    ax.set_ylabel("after training stage")
+    direction = "higher is better" if higher_is_better else "lower is better"
+    ax.set_title(title)
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    colorbar.set_label(f"{metric} ({direction})")
+    fig.tight_layout()
+    return fig
+
+
+def save_figure_png(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:
+    """Saves ``fig`` as a PNG file, creating parent directories.
+
+    Args:
+        fig: The figure to save.
+        path: Destination file path.
+        dpi: Resolution in dots per inch.
+
+    Returns:
+        The destination path.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    fig.savefig(target, format="png", dpi=dpi)
+    return target
+
+
+def figure_to_chw_uint8(fig: Figure) -> np.ndarray:
+    """Rasterises ``fig`` to an RGB array for TensorBoard's ``add_image``.
+
+    Args:
+        fig: The figure to rasterise (re-attached to an Agg canvas if needed).
+
+    Returns:
+        A C-contiguous ``uint8`` array of shape ``(3, H, W)`` (``dataformats="CHW"``,
+        TensorBoard's default).
+    """
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    return np.ascontiguousarray(rgba[..., :3].transpose(2, 0, 1)).astype(np.uint8, copy=False)
+
+
+# --------------------------------------------------------------------------- results.json
+
+
+def to_json_safe(value: Any) -> Any:
+    """Recursively converts ``value`` to strict-JSON-compatible Python values.
+
+    NaN and infinities become ``None``; tensors and numpy arrays/scalars become lists
+    and Python numbers; tuples become lists; :class:`~pathlib.Path` becomes ``str``.
+    Mapping keys are kept (``json`` turns int/float/bool keys into strings).
+
+    Args:
+        value: Any nesting of dicts, lists, tuples, numbers, strings, tensors or arrays.
+
+    Returns:
+        The converted value.
+    """
+    if isinstance(value, Mapping):
+        return {key: to_json_safe(item) for key, item in value.items()}
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return to_json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        return to_json_safe(value.item())
+    if isinstance(value, (list, tuple)):
+        return [to_json_safe(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def write_results_json(path: str | os.PathLike[str], results: Mapping[str, Any]) -> Path:
+    """Atomically writes ``results`` as strict JSON (indent 2, key order preserved).
+
+    The data are written to a temporary file in the destination directory, flushed and
+    fsynced, then moved into place with :func:`os.replace`, so readers never see a
+    partially written file. NaN/infinite values are written as ``null``.
+
+    Args:
+        path: Destination file path; parent directories are created.
+        results: The results mapping, e.g. containing ``ResultMatrix.to_dict()``.
+
+    Returns:
+        The destination path.
+
+    Raises:
+        TypeError: If ``results`` contains values that JSON cannot encode.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(to_json_safe(results), indent=2, sort_keys=False, allow_nan=False)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+# --------------------------------------------------------------------------- text table
+
+
+def _format_value(value: Any, decimals: int = 4) -> str:
+    """Formats a number with ``decimals`` decimals; ``-`` for missing/non-finite values."""
+    if value is None:
+        return "-"
+    number = float(value)
+    if not math.isfinite(number):
+        return "-"
+    return f"{number:.{decimals}f}"
+
+
+def _table_lines(labels: Sequence[str], rows: Sequence[Sequence[Any]], tasks: Sequence[str]) -> list[str]:
+    """Fixed-width lines: one header plus one line per labelled row."""
+    label_width = max([len("stage"), *(len(label) for label in labels)])
+    widths = [max(len(task), 8) for task in tasks]
+    header = "  ".join(
+        [f"{'stage':<{label_width}}", *(f"{task:>{w}}" for task, w in zip(tasks, widths, strict=True))]
+    )
+    lines = [header, "-" * len(header)]
+    for label, row in zip(labels, rows, strict=True):
+        cells = [f"{_format_value(v):>{w}}" for v, w in zip(row, widths, strict=True)]
+        lines.append("  ".join([f"{label:<{label_width}}", *cells]))
+    return lines
+
+
+def format_summary_table(results: Mapping[str, Any]) -> str:
+    """Formats a result matrix and its summary as a fixed-width text table.
+
+    Args:
+        results: A mapping shaped like ``ResultMatrix.to_dict()``: required keys
+            ``tasks``, ``stages`` and ``matrix``; optional ``metric``,
+            ``higher_is_better``, ``initial`` and ``summary``.
+
+    Returns:
+        A multi-line string: a title line, the table (rows = stages, preceded by an
+        ``(initial)`` row when available, columns = tasks) and one line per summary
+        metric (``n/a`` when undefined).
+
+    Raises:
+        ValueError: If a required key is missing or the matrix does not match the task
+            and stage lists.
+    """
+    missing = [key for key in ("tasks", "stages", "matrix") if key not in results]
+    if missing:
+        raise ValueError(f"results is missing key(s) {missing}; expected ResultMatrix.to_dict() output")
+    tasks = [str(task) for task in results["tasks"]]
+    stages = [str(stage) for stage in results["stages"]]
+    matrix = [list(row) for row in results["matrix"]]
+    if len(matrix) != len(stages) or any(len(row) != len(tasks) for row in matrix):
+        raise ValueError(
+            f"results['matrix'] must have shape ({len(stages)}, {len(tasks)}) (stages, tasks); "
+            f"got {len(matrix)} rows of lengths {[len(row) for row in matrix]}"
+        )
+    labels, rows = list(stages), list(matrix)
+    if results.get("initial") is not None:
+        labels.insert(0, "(initial)")
+        rows.insert(0, list(results["initial"]))
+
+    metric = results.get("metric", "metric")
+    direction = "higher is better" if results.get("higher_is_better", True) else "lower is better"
+    lines = [f"Result matrix: {metric} ({direction})", *_table_lines(labels, rows, tasks)]
+    summary = results.get("summary") or {}
+    if summary:
+        lines.append("")
+        width = max(len(text) for _, text in _SUMMARY_LABELS)
+        for key, text in _SUMMARY_LABELS:
+            value = summary.get(key)
+            shown = "n/a" if value is None else _format_value(value)
+            lines.append(f"{text:<{width}}  {shown:>10}")
+    return "\n".join(lines)

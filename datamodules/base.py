@@ -1,0 +1,323 @@
+"""ContinualDataModule: a stream of tasks, the current task's train loader, one eval loader per task."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import abstractmethod
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from clight.datamodules.io import column, read_rows
+from clight.datamodules.sampling import ResumableBatchSampler
+from torch.utils.data import DataLoader
+
+from clight.errors import ClightConfigError
+from clight.hub import PKG_PREFIX
+from clight.task import Task, TaskInfo
+
+Example = dict[str, Any]
+
+
+def load_tokenizer(spec: str, *, argument: str = "tokenizer") -> Any:
+    """Load a tokenizer from a local folder (or ``pkg:<package>``); never from a hub."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    if spec.startswith(PKG_PREFIX):
+        from clight.hub import resolve_pretrained_path
+
+        path = resolve_pretrained_path(spec, argument=argument)
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_dir():
+            raise ClightConfigError(
+                f"`{argument}`: tokenizer folder {str(path)!r} does not exist; pass a local folder written by "
+                "`save_pretrained` (clight does not download tokenizers)."
+            )
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise ClightConfigError(f"`{argument}`: {str(path)!r} holds no loadable tokenizer: {err}") from err
+
+
+class ContinualDataModule(pl.LightningDataModule):
+    """Base of clight's task streams.
+
+    A stream is read from local files: either one train and one test file with a ``task`` column, or a
+    ``tasks`` list naming per-task files. Subclasses turn rows into examples (:meth:`encode`) and batches
+    (:meth:`collate`). The stream runner calls :meth:`prepare_stream` once, then :meth:`set_stage` before each
+    task; ``train_dataloader`` serves the current stage and :meth:`eval_dataloaders` one loader per task.
+
+    Args:
+        train_file: training rows of every task, with a ``task_column``.
+        test_file: evaluation rows of every task, with a ``task_column``.
+        tasks: the tasks in stream order. With ``train_file``/``test_file`` only ``name`` (and ``labels``) are
+            needed and select/order the tasks; without them every task names its own ``train``/``test`` files.
+            Empty: every task found in ``train_file``, in order of first appearance.
+        task_column: column naming the task in ``train_file``/``test_file``.
+        tokenizer: tokenizer folder (or ``pkg:<package>``); empty: the model's own.
+        batch_size: training batch size per device.
+        eval_batch_size: evaluation batch size (default ``batch_size``).
+        max_length: truncation length in tokens.
+        joint: train once on the union of all tasks (the multitask upper bound) instead of one task at a time.
+        eval_max_examples: evaluate on at most this many examples of each task (a fixed sample), which bounds
+            the O(tasks²) cost of evaluating every task after every task.
+        seed: seed of the data order (combined with the task index and epoch).
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        *,
+        train_file: str | None = None,
+        test_file: str | None = None,
+        tasks: list[Task] | None = None,
+        task_column: str = "task",
+        tokenizer: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        max_length: int = 128,
+        joint: bool = False,
+        eval_max_examples: int | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("max_length", max_length)):
+            if value < 1:
+                raise ClightConfigError(f"`{name}` must be >= 1, got {value}.")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ClightConfigError(f"`eval_batch_size` must be >= 1, got {eval_batch_size}.")
+        if eval_max_examples is not None and eval_max_examples < 1:
+            raise ClightConfigError(f"`eval_max_examples` must be >= 1 or empty, got {eval_max_examples}.")
+        if (train_file is None) != (test_file is None):
+            raise ClightConfigError("`train_file` and `test_file` go together: give both or neither.")
+        if train_file is None and not tasks:
+            raise ClightConfigError(
+                "no data: give `train_file` and `test_file` (with a task column), or a `tasks` list whose "
+                "entries name their own `train` and `test` files."
+            )
+        self.train_file, self.test_file = train_file, test_file
+        self.task_specs = [t if isinstance(t, Task) else Task(**t) for t in (tasks or [])]
+        names = [t.name for t in self.task_specs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ClightConfigError(f"`tasks`: duplicate task names {dupes}; every task needs a unique name.")
+        self.task_column = task_column
+        self.tokenizer_path = tokenizer
+        self.tokenizer: Any = None
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.max_length = max_length
+        self.joint = joint
+        self.eval_max_examples = eval_max_examples
+        self.seed = seed
+        self.num_workers = num_workers
+        self.tasks: list[Task] = []
+        self.train_examples: list[list[Example]] = []
+        self.test_examples: list[list[Example]] = []
+        self.stage_index = 0
+        self.extra_train_examples: list[Example] = []
+        self._prepared = False
+        self._fingerprint: dict[str, Any] | None = None
+
+    # ---- what subclasses provide ------------------------------------------------------------------------
+    @abstractmethod
+    def encode(self, rows: list[dict[str, Any]], task_index: int, *, path: str, split: str) -> list[Example]:
+        """Turn one task's rows into examples (token ids and targets)."""
+
+    @abstractmethod
+    def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        """Pad a list of examples into a batch."""
+
+    def resolve_labels(self, tasks: list[Task], rows: list[list[dict[str, Any]]]) -> list[Task]:
+        """Hook for classification streams: fill in and check label sets. Default: unchanged."""
+        return tasks
+
+    def make_tokenizer(self) -> Any:
+        """The tokenizer; default: load ``tokenizer`` (the runner fills it with the model folder)."""
+        if self.tokenizer_path is None:
+            raise ClightConfigError(
+                "`data.tokenizer` is empty and the model was built from a config, so there is no tokenizer: "
+                "give `data.tokenizer` a tokenizer folder."
+            )
+        return load_tokenizer(self.tokenizer_path, argument="data.tokenizer")
+
+    # ---- the stream ----------------------------------------------------------------------------------------
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """Per-task evaluation metrics this stream reports (keys of the module's eval results)."""
+        return ("class_il_acc", "task_il_acc")
+
+    @property
+    def primary_metric(self) -> str:
+        return self.metric_names[0]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return True
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    @property
+    def stage_names(self) -> list[str]:
+        """What is trained, in order: the task names, or ``["joint"]``."""
+        return ["joint"] if self.joint else self.task_names
+
+    @property
+    def current_task(self) -> TaskInfo:
+        return TaskInfo(index=self.stage_index, name=self.stage_names[self.stage_index], num_tasks=len(self.stage_names))
+
+    @property
+    def current_budget(self) -> Task | None:
+        """The per-task budget (``max_epochs``/``max_steps``) of the current stage, if the task sets one."""
+        return None if self.joint else self.tasks[self.stage_index]
+
+    def set_stage(self, index: int) -> None:
+        if not 0 <= index < len(self.stage_names):
+            raise IndexError(f"stage {index} out of range 0..{len(self.stage_names) - 1}")
+        self.stage_index = index
+
+    set_task = set_stage
+
+    def prepare_stream(self) -> None:
+        """Read every task's files, check them, tokenize. Idempotent."""
+        if self._prepared:
+            return
+        tasks, train_rows, test_rows = self._read_tasks()
+        tasks = self.resolve_labels(tasks, train_rows)
+        self.tasks = tasks
+        if self.tokenizer is None:
+            self.tokenizer = self.make_tokenizer()
+        self.train_examples = [
+            self.encode(r, i, path=self._path(t, "train"), split="train") for i, (t, r) in enumerate(zip(tasks, train_rows))
+        ]
+        self.test_examples = [
+            self._eval_sample(self.encode(r, i, path=self._path(t, "test"), split="test"))
+            for i, (t, r) in enumerate(zip(tasks, test_rows))
+        ]
+        for t, ex in zip(tasks, self.train_examples):
+            if not ex:
+                raise ClightConfigError(f"task {t.name!r}: no training examples left after reading its data.")
+        self._prepared = True
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Identifies the stream, so a resume with a different stream is refused."""
+        if self._fingerprint is not None:
+            return self._fingerprint
+        digest = hashlib.sha1()
+        for split in (self.train_examples, self.test_examples):
+            for examples in split:
+                for ex in examples:
+                    digest.update(json.dumps(ex, sort_keys=True, default=str).encode())
+        self._fingerprint = {
+            "tasks": self.task_names,
+            "labels": [list(t.labels) for t in self.tasks],
+            "joint": self.joint,
+            "sizes": [[len(a), len(b)] for a, b in zip(self.train_examples, self.test_examples)],
+            "sha1": digest.hexdigest(),
+        }
+        return self._fingerprint
+
+    def _path(self, task: Task, split: str) -> str:
+        return str(getattr(task, split) or (self.train_file if split == "train" else self.test_file))
+
+    def _read_tasks(self) -> tuple[list[Task], list[list[dict]], list[list[dict]]]:
+        if self.train_file is None:
+            tasks = self.task_specs
+            for t in tasks:
+                if not t.train or not t.test:
+                    raise ClightConfigError(
+                        f"task {t.name!r}: needs both `train` and `test` files when `train_file`/`test_file` "
+                        "are not given."
+                    )
+            train = [read_rows(t.train, argument=f"tasks[{t.name}].train") for t in tasks]
+            test = [read_rows(t.test, argument=f"tasks[{t.name}].test") for t in tasks]
+            return tasks, train, test
+        train_by = self._group(read_rows(self.train_file, argument="data.train_file"), self.train_file)
+        test_by = self._group(read_rows(self.test_file, argument="data.test_file"), self.test_file)
+        tasks = self.task_specs or [Task(name=n) for n in train_by]
+        for t in tasks:
+            if t.name not in train_by:
+                raise ClightConfigError(
+                    f"task {t.name!r} has no rows in `train_file` {self.train_file!r} (tasks found in column "
+                    f"{self.task_column!r}: {list(train_by)}). Fix `tasks` or the file."
+                )
+        return tasks, [train_by[t.name] for t in tasks], [test_by.get(t.name, []) for t in tasks]
+
+    def _group(self, rows: list[dict], path: str) -> dict[str, list[dict]]:
+        names = column(rows, self.task_column, path=path, argument="data.task_column")
+        grouped: dict[str, list[dict]] = {}
+        for name, row in zip(names, rows):
+            grouped.setdefault(str(name), []).append(row)
+        if not grouped:
+            raise ClightConfigError(f"{path!r} holds no rows; every task needs training examples.")
+        return grouped
+
+    def _eval_sample(self, examples: list[Example]) -> list[Example]:
+        if self.eval_max_examples is None or len(examples) <= self.eval_max_examples:
+            return examples
+        g = torch.Generator().manual_seed(self.seed + 7919)
+        keep = sorted(torch.randperm(len(examples), generator=g)[: self.eval_max_examples].tolist())
+        return [examples[i] for i in keep]
+
+    # ---- loaders -------------------------------------------------------------------------------------------
+    def _dist(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def stage_train_examples(self, index: int | None = None) -> list[Example]:
+        """Training examples of a stage, plus :attr:`extra_train_examples` (what a rehearsal callback mixes in
+        for the current task; it sets them in ``on_task_start``)."""
+        index = self.stage_index if index is None else index
+        if self.joint:
+            own = [ex for task_examples in self.train_examples for ex in task_examples]
+        else:
+            own = self.train_examples[index]
+        return own + self.extra_train_examples if self.extra_train_examples else own
+
+    def train_dataloader(self) -> DataLoader:
+        self.prepare_stream()
+        examples = self.stage_train_examples()
+        rank, world = self._dist()
+        trainer = self.trainer
+        sampler = ResumableBatchSampler(
+            len(examples), self.batch_size, shuffle=True, seed=self.seed, task_index=self.stage_index,
+            rank=rank, world_size=world, epoch=trainer.current_epoch if trainer is not None else 0,
+            skip_fn=(lambda: self._batches_done(len(sampler))) if trainer is not None else None,
+        )
+        return self._loader(examples, sampler)
+
+    def _batches_done(self, batches_per_epoch: int) -> int:
+        """Batches of the current epoch already trained (non-zero only right after a mid-epoch resume)."""
+        trainer = self.trainer
+        accumulate = trainer.accumulate_grad_batches
+        steps_per_epoch = -(-batches_per_epoch // accumulate)
+        done_steps = trainer.global_step - trainer.current_epoch * steps_per_epoch
+        return max(0, min(batches_per_epoch, done_steps * accumulate))
+
+    def eval_dataloaders(self) -> list[DataLoader]:
+        """One loader per task of the stream (seen and unseen), sharded across ranks without padding."""
+        self.prepare_stream()
+        rank, world = self._dist()
+        loaders = []
+        for i, examples in enumerate(self.test_examples):
+            sampler = ResumableBatchSampler(
+                len(examples), self.eval_batch_size, shuffle=False, rank=rank, world_size=world, pad=False,
+                task_index=i,
+            )
+            loaders.append(self._loader(examples, sampler))
+        return loaders
+
+    def _loader(self, examples: list[Example], sampler: ResumableBatchSampler) -> DataLoader:
+        # The loader gets its own generator: creating an iterator draws a base seed, and drawing it from the
+        # global RNG would shift dropout's random stream when a resumed run re-creates the iterator mid-epoch.
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(examples, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers,
+                          generator=generator, persistent_workers=False)
+
