@@ -132,6 +132,10 @@ class ContinualModule(pl.LightningModule):
                 raise ClightConfigError(f"`config`: {err}") from err
             hf_config._attn_implementation = self._attn
             backbone = auto.from_config(hf_config)
+        if self.task == "classification" and isinstance(getattr(backbone, "pooler", None), nn.Module):
+            # We classify from mean-pooled token states; the [CLS] pooler would be an unused parameter (which
+            # DDP rejects) and wasted compute.
+            backbone.pooler = None
         if self.peft_config:
             backbone = self._apply_peft(backbone)
         self.backbone = backbone

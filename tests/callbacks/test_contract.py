@@ -1,0 +1,73 @@
+"""The callback contract harness: every case of `cases.CASES` must pass every test here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from cases import CASES, Case
+from clight_testing import CrashAt, SimulatedCrash, assert_state_equal, run_stream
+
+from clight.errors import ClightConfigError
+
+PARAMS = [pytest.param(c, id=c.id) for c in CASES]
+
+
+@pytest.mark.parametrize("case", PARAMS)
+def test_constructor_validation(case: Case) -> None:
+    case.cls(**case.kwargs)  # the good kwargs construct
+    for bad, argument in case.bad_kwargs:
+        with pytest.raises(ClightConfigError, match=argument):
+            case.cls(**{**case.kwargs, **bad})
+
+
+@pytest.mark.parametrize("case", PARAMS)
+def test_state_dict_round_trip(case: Case, tmp_path: Path) -> None:
+    callback = case.cls(**case.kwargs)
+    run_stream(tmp_path / "run", [callback], kind=case.kind, max_steps=3)
+    state = callback.state_dict()
+    torch.save(state, tmp_path / "state.pt")
+    loaded = torch.load(tmp_path / "state.pt", weights_only=True)
+    fresh = case.cls(**case.kwargs)
+    fresh.load_state_dict(loaded)
+    assert_state_equal(state, fresh.state_dict())
+    assert fresh.state_dict()["tasks_seen"] == 2
+
+
+@pytest.mark.parametrize("case", PARAMS)
+def test_crash_and_resume_equivalence(case: Case, tmp_path: Path) -> None:
+    ref_cb = case.cls(**case.kwargs)
+    ref, ref_module = run_stream(tmp_path / "ref", [ref_cb], kind=case.kind)
+    with pytest.raises(SimulatedCrash):  # killed in the second task, after its step-4 checkpoint
+        run_stream(tmp_path / "crash", [case.cls(**case.kwargs), CrashAt(task=1, step=5)], kind=case.kind)
+    resumed_cb = case.cls(**case.kwargs)
+    res, res_module = run_stream(tmp_path / "crash", [resumed_cb], kind=case.kind, resume=True)
+    assert res["timing"]["stages"][1]["resumed_mid_task"] is True
+    for metric, matrix in ref["matrices"].items():
+        assert torch.allclose(torch.tensor(matrix["matrix"], dtype=torch.float64),
+                              torch.tensor(res["matrices"][metric]["matrix"], dtype=torch.float64)), metric
+    ref_state, res_state = ref_module.state_dict(), res_module.state_dict()
+    for name in ref_state:
+        assert torch.allclose(ref_state[name], res_state[name], atol=1e-6), name
+    assert_state_equal(ref_cb.state_dict(), resumed_cb.state_dict())
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("case", PARAMS)
+def test_ddp_ranks_hold_identical_state(case: Case, tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "ddp_harness_script.py"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run([sys.executable, str(script), case.id, str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert_state_equal(rank0["callback"], rank1["callback"], "callback")
+    assert_state_equal(rank0["module"], rank1["module"], "module")
+    assert rank0["results"] == rank1["results"]
+    assert rank0["callback"]["tasks_seen"] == 2

@@ -1,0 +1,35 @@
+"""Run one contract case under 2-process CPU DDP (gloo); every rank saves its callback state and weights.
+
+Usage: python tests/ddp_harness_script.py CASE_ID OUT_DIR   (Lightning's launcher re-runs this for rank 1)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE / "callbacks")]
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import torch  # noqa: E402
+from cases import case_by_id  # noqa: E402
+from clight_testing import run_stream  # noqa: E402
+
+
+def main() -> None:
+    case_id, out = sys.argv[1], Path(sys.argv[2])
+    case = case_by_id(case_id)
+    callback = case.cls(**case.kwargs)
+    results, module = run_stream(
+        out / "run", [callback], kind=case.kind, max_steps=4,
+        trainer_kwargs=dict(strategy="ddp", devices=2, accelerator="cpu"),
+    )
+    rank = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.save({"callback": callback.state_dict(), "module": module.state_dict(), "results": results["matrices"]},
+               out / f"rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    main()
