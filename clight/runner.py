@@ -31,7 +31,10 @@ from clight.tb import StreamTensorBoardLogger
 from clight.timing import StepTimer
 
 STREAM_CHECKPOINT = "stream.pt"
+# The runner evaluates with explicit loaders after each task, so fit has no val loader by design; and the train
+# loader *is* resumable mid-epoch (ResumableBatchSampler skips the trained batches), which Lightning can't see.
 warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
+warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
 FORMAT_VERSION = 1
 
 
@@ -88,6 +91,11 @@ class StreamRunner:
         self.config_text = config_text
         self.run_dir = Path(self.options.run_dir)
         self.callbacks: list[Callback] = list(self.trainer_kwargs.pop("callbacks", None) or [])
+        if self.trainer_kwargs.get("logger") not in (None, True, False):
+            raise ClightConfigError(
+                "`trainer.logger`: clight writes TensorBoard events itself (to `<run_dir>/tensorboard`, one "
+                "monotonic step axis across the stream's tasks); remove `trainer.logger` from the config."
+            )
         self.logger: StreamTensorBoardLogger | None = None
         self.timer = StepTimer()
 

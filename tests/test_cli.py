@@ -1,0 +1,82 @@
+"""The `clight` command: every shipped YAML parses, bad input exits cleanly, a tiny run end to end (and DDP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from clight_testing import ROOT
+
+from clight.cli import main
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+TINY = ROOT / "tests" / "data" / "tiny_classification.yaml"
+
+
+def _clight(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("LOCAL_RANK", None)
+    return subprocess.run([sys.executable, "-m", "clight", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_shipped_config_parses_against_the_real_signatures(config: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "model:" in printed and "stream:" in printed and "data:" in printed
+
+
+def test_there_are_configs_for_both_baselines() -> None:
+    names = {c.stem for c in CONFIGS}
+    assert {"quickstart", "naive", "joint", "continual_pretraining", "instruction"} <= names
+
+
+def test_a_yaml_key_that_does_not_exist_is_rejected(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.read_text().replace("batch_size: 8", "batch_sise: 8"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(bad)])
+    assert exit_info.value.code == 2
+    assert "batch_sise" in capsys.readouterr().err
+
+
+def test_a_missing_data_file_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+    proc = _clight("fit", "-c", str(TINY), "--data.init_args.train_file", "nope/train.jsonl",
+                   "--stream.run_dir", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert "clight: error: `data.train_file`: data file 'nope/train.jsonl' does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_tiny_run_end_to_end_then_resume_flag(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = _clight("fit", "-c", str(TINY), "--stream.run_dir", str(run))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["tasks"] == ["wordnet-nature", "wordnet-artifacts"]
+    assert (run / "config.yaml").read_text().count("wordnet-nature") == 1
+    assert "task 2/2 · wordnet-artifacts" in proc.stderr + proc.stdout
+    # rerunning without --resume refuses to clobber; with --resume it finds the stream finished
+    again = _clight("fit", "-c", str(TINY), "--stream.run_dir", str(run))
+    assert again.returncode == 2 and "--stream.resume true" in again.stderr
+    resumed = _clight("fit", "-c", str(TINY), "--stream.run_dir", str(run), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run / "results.json").read_text())["matrices"] == results["matrices"]
+
+
+@pytest.mark.ddp
+def test_two_process_cpu_ddp_run_of_the_cli(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = _clight("fit", "-c", str(TINY), "--stream.run_dir", str(run), "--trainer.strategy", "ddp",
+                   "--trainer.devices", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["world_size"] == 2
+    assert [s["optimizer_steps"] for s in results["timing"]["stages"]] == [3, 3]
