@@ -1,5 +1,9 @@
 """Continual-learning techniques as Lightning callbacks (``clight.callbacks``)."""
 
 from clight.callback import ContinualCallback
+from clight.callbacks.agem import AGEM
+from clight.callbacks.der import DarkExperienceReplay
+from clight.callbacks.memory import ExampleMemory, MemoryCallback
+from clight.callbacks.replay import Replay
 
-__all__ = ["ContinualCallback"]
+__all__ = ["AGEM", "ContinualCallback", "DarkExperienceReplay", "ExampleMemory", "MemoryCallback", "Replay"]

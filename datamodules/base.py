@@ -9,10 +9,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from clight.datamodules.io import column, read_rows
-from clight.datamodules.sampling import ResumableBatchSampler
 from torch.utils.data import DataLoader
 
+from clight.datamodules.io import column, read_rows
+from clight.datamodules.sampling import ResumableBatchSampler
 from clight.errors import ClightConfigError
 from clight.hub import PKG_PREFIX
 from clight.task import Task, TaskInfo

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from clight.datamodules.base import ContinualDataModule, Example
 from clight.datamodules.io import column
-
 from clight.errors import ClightConfigError
 
 

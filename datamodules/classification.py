@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
+
 from clight.datamodules.base import ContinualDataModule, Example
 from clight.datamodules.io import column
-
 from clight.errors import ClightConfigError
 from clight.task import Task
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from clight.datamodules.base import Example
 from clight.datamodules.causal_lm import CausalLMStream, pad_lm_batch
 from clight.datamodules.io import column
-
 from clight.errors import ClightConfigError
 
 

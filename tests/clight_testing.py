@@ -7,10 +7,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from clight.datamodules import CausalLMStream, TextClassificationStream
 from lightning.pytorch.callbacks import Callback
 
 from clight import ContinualModule, StreamOptions, StreamRunner
+from clight.datamodules import CausalLMStream, TextClassificationStream
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDNET = ROOT / "clight" / "data" / "wordnet"

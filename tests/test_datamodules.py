@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from clight.datamodules import InstructionStream, TextClassificationStream
-from clight.datamodules.sampling import ResumableBatchSampler
 from clight_testing import INSTRUCT, MINILM, WORDNET, tiny_stream
 
+from clight.datamodules import InstructionStream, TextClassificationStream
+from clight.datamodules.sampling import ResumableBatchSampler
 from clight.errors import ClightConfigError
 
 
