@@ -121,13 +121,13 @@ class ExampleMemory:
         if self.specs and set(new_rows) != set(specs):
             raise ValueError(f"new rows have fields {sorted(new_rows)}, the memory holds {sorted(specs)}")
         generation = self.generation + 1
-        fields = self._allocate(specs, width, generation, create=writer)
         if writer:
+            fields = self._allocate(specs, width, generation, create=True, rows=len(src))
             self._copy_rows(fields, src, new_rows, width)
         if barrier is not None:
             barrier()
-        if not writer:
-            fields = self._allocate(specs, width, generation, create=False)
+        if not writer:  # map what the writer wrote
+            fields = self._allocate(specs, width, generation, create=False, rows=len(src))
         self.fields = {name: t[: len(src)] for name, t in fields.items()}
         self.specs, self.width, self.size, self.generation = specs, width, len(src), generation
         if self.memmap_dir is not None and writer:
@@ -138,27 +138,30 @@ class ExampleMemory:
         return self.memmap_dir / f"gen-{generation:06d}"
 
     def _allocate(self, specs: Mapping[str, tuple[str, tuple[int, ...]]], width: int, generation: int, *,
-                  create: bool) -> dict[str, Tensor]:
+                  create: bool, rows: int) -> dict[str, Tensor]:
+        """Zeroed fields: ``rows`` rows in RAM, or ``capacity`` rows mapped from generation ``generation``'s files."""
         fields = {}
         for name, (dtype_name, trail) in specs.items():
             dtype = _DTYPES[dtype_name]
-            shape = (self.capacity, *((width,) if name in self.per_token else ()), *trail)
+            inner = (*((width,) if name in self.per_token else ()), *trail)
             if self.memmap_dir is None:
-                fields[name] = torch.zeros(shape, dtype=dtype)
+                fields[name] = torch.zeros((rows, *inner), dtype=dtype)
                 continue
+            shape = (self.capacity, *inner)
             path = self._gen_dir(generation) / f"{name}.bin"
-            numel = max(1, torch.Size(shape).numel())
+            numel = torch.Size(shape).numel()
             if create:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "wb") as f:
-                    f.truncate(numel * dtype.itemsize)
+                    f.truncate(max(1, numel) * dtype.itemsize)  # mmap needs a non-empty file
             elif not path.exists():
                 raise ClightConfigError(
                     f"`memmap_dir`: the memory file {str(path)!r} is missing; the checkpoint refers to generation "
                     f"{generation} of the memory in {str(self.memmap_dir)!r}. Resume with the original "
                     "`memmap_dir` (on a filesystem every rank can read), or start a new run."
                 )
-            fields[name] = torch.from_file(str(path), shared=True, size=numel, dtype=dtype)[: torch.Size(shape).numel()].view(shape)
+            mapped = torch.from_file(str(path), shared=True, size=max(1, numel), dtype=dtype)
+            fields[name] = mapped[:numel].view(shape)
         return fields
 
     def _copy_rows(self, dst: dict[str, Tensor], src: Tensor, new_rows: Mapping[str, Tensor], width: int) -> None:
@@ -208,7 +211,7 @@ class ExampleMemory:
         if self.memmap_dir is None:
             self.fields = {name: t.clone() for name, t in state["fields"].items()}
         else:
-            full = self._allocate(self.specs, self.width, self.generation, create=False) if self.specs else {}
+            full = self._allocate(self.specs, self.width, self.generation, create=False, rows=self.size)
             self.fields = {name: t[: self.size] for name, t in full.items()}
 
 
@@ -280,6 +283,25 @@ def balanced_plan(old_groups: Tensor, new_groups: Tensor, capacity: int, generat
     keep_t = torch.cat(keep).sort().values if keep else torch.zeros(0, dtype=torch.long)
     take_t = torch.cat(take) if take else torch.zeros(0, dtype=torch.long)
     return torch.cat([keep_t, -(torch.arange(len(take_t)) + 1)]), take_t
+
+
+def plan_insert(memory: ExampleMemory, examples: Sequence[Mapping[str, Any]], policy: Policy,
+                generator: torch.Generator, *, pool: Tensor | None = None, scores: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
+    """Plan offering ``examples`` to ``memory`` under ``policy``: ``(src, take)`` for
+    :meth:`ExampleMemory.update`, ``take`` indexing ``examples``. With ``scores`` (one per example of ``pool``,
+    default all) the highest-scoring examples enter instead of random ones."""
+    pool = torch.arange(len(examples)) if pool is None else pool
+    if policy == "reservoir":
+        src, take = reservoir_plan(memory.size, memory.seen, memory.capacity, len(examples), generator)
+        if scores is not None:
+            take = pool[choose(torch.arange(len(pool)), len(take), generator, scores)]
+        return src, take
+    key = "label" if policy == "class_balanced" else "task"
+    new_groups = torch.tensor([int(examples[i][key]) for i in pool.tolist()], dtype=torch.long)
+    old_groups = memory.fields[key].long() if memory.size else torch.zeros(0, dtype=torch.long)
+    src, local = balanced_plan(old_groups, new_groups, memory.capacity, generator, scores)
+    return src, pool[local]
 
 
 # ---- the base callback ----------------------------------------------------------------------------------------
@@ -409,24 +431,17 @@ class MemoryCallback(ContinualCallback):
         examples = ([ex for exs in dm.train_examples for ex in exs] if getattr(dm, "joint", False)
                     else dm.train_examples[task.index])
         n = len(examples)
+        if n == 0:
+            return
         g = seeded_generator(self._seed(trainer), task.index, 1)
         pool, scores = torch.arange(n), None
-        if self.selection == "highest_loss" and n:
+        if self.selection == "highest_loss":
             if n > max(self.score_pool, mem.capacity):
                 pool = torch.randperm(n, generator=g)[: max(self.score_pool, mem.capacity)].sort().values
             scores = forward_examples(trainer, pl_module, [examples[i] for i in pool.tolist()],
                                       lambda b, o: {"score": per_example_loss(pl_module, b, o)},
                                       getattr(dm, "eval_batch_size", 32))["score"]
-        if self.policy == "reservoir":
-            src, take = reservoir_plan(mem.size, mem.seen, mem.capacity, n, g)
-            if scores is not None:
-                take = pool[choose(torch.arange(len(pool)), len(take), g, scores)]
-        else:
-            key = "label" if self.policy == "class_balanced" else "task"
-            new_groups = torch.tensor([int(examples[i][key]) for i in pool.tolist()], dtype=torch.long)
-            old_groups = mem.fields[key].long() if mem.size else torch.zeros(0, dtype=torch.long)
-            src, local = balanced_plan(old_groups, new_groups, mem.capacity, g, scores)
-            take = pool[local]
+        src, take = plan_insert(mem, examples, self.policy, g, pool=pool, scores=scores)
         mem.seen += n
         if len(take) == 0 and mem.size == 0:
             return
