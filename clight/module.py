@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Callable, Mapping
@@ -261,34 +262,44 @@ class ContinualModule(pl.LightningModule):
     @torch.no_grad()
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         outputs = self(batch)
+        valid = batch.get("valid")  # False for the repeats that pad a rank's shard
+        if valid is None:
+            valid = torch.ones(batch["input_ids"].shape[0], dtype=torch.bool, device=self.device)
         if self.task == "classification":
             logits, labels = outputs["logits"].float(), batch["labels"]
-            cil = (logits.argmax(-1) == labels).sum()
+            cil = ((logits.argmax(-1) == labels) & valid).sum()
             mask = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
             if dataloader_idx < len(self.task_classes):
                 mask[self.task_classes[dataloader_idx]] = True
             else:
                 mask[:] = True
-            til = (logits.masked_fill(~mask, float("-inf")).argmax(-1) == labels).sum()
-            sums = torch.stack([cil.float(), til.float(), torch.tensor(float(labels.numel()), device=cil.device)])
+            til = ((logits.masked_fill(~mask, float("-inf")).argmax(-1) == labels) & valid).sum()
+            sums = torch.stack([cil.float(), til.float(), valid.sum().float()])
         else:
-            nll = causal_lm_nll(outputs["logits"].float(), batch["labels"])
-            sums = torch.stack([nll.sum(), (batch["labels"][:, 1:] != -100).sum().float()])
+            nll = causal_lm_nll(outputs["logits"].float(), batch["labels"])  # (B, T-1)
+            tokens = (batch["labels"][:, 1:] != -100) & valid.unsqueeze(1)
+            sums = torch.stack([(nll * tokens).sum(), tokens.sum().float()])
         acc = self._eval_sums.get(dataloader_idx)
         self._eval_sums[dataloader_idx] = sums.double() if acc is None else acc + sums.double()
 
     def on_validation_epoch_end(self) -> None:
+        # One collective for all loaders; a rank whose shard of a loader was empty contributes zeros (iterating
+        # only over the loaders a rank saw would make ranks disagree on the number of collectives and hang).
+        num_loaders = len(self.trainer.num_val_batches) if self._trainer is not None else len(self._eval_sums)
+        width = 3 if self.task == "classification" else 2
+        sums = torch.zeros(num_loaders, width, dtype=torch.float64, device=self.device)
+        for idx, value in self._eval_sums.items():
+            sums[idx] = value
+        if self._trainer is not None:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         results = {}
-        for idx in sorted(self._eval_sums):
-            sums = self.trainer.strategy.reduce(self._eval_sums[idx], reduce_op="sum") if self.trainer else None
-            sums = (sums if sums is not None else self._eval_sums[idx]).tolist()
+        for idx, row in enumerate(sums.tolist()):
             if self.task == "classification":
-                n = max(sums[2], 1.0)
-                results[idx] = {"class_il_acc": sums[0] / n, "task_il_acc": sums[1] / n, "count": sums[2]}
+                n = max(row[2], 1.0)
+                results[idx] = {"class_il_acc": row[0] / n, "task_il_acc": row[1] / n, "count": row[2]}
             else:
-                n = max(sums[1], 1.0)
-                nll = sums[0] / n
-                results[idx] = {"nll": nll, "ppl": float(torch.tensor(nll).exp()), "count": sums[1]}
+                nll = row[0] / max(row[1], 1.0)
+                results[idx] = {"nll": nll, "ppl": math.exp(min(nll, 700.0)), "count": row[1]}
         self.eval_results = results
 
     # ---- optimisation ----------------------------------------------------------------------------------------

@@ -98,6 +98,7 @@ class StreamRunner:
             )
         self.logger: StreamTensorBoardLogger | None = None
         self.timer = StepTimer()
+        self._summary_shown = False
 
     # ---- public ------------------------------------------------------------------------------------------
     def run(self, module: pl.LightningModule, datamodule: Any) -> dict[str, Any]:
@@ -199,6 +200,9 @@ class StreamRunner:
             kwargs["max_epochs"] = budget.max_epochs
         if budget is not None and budget.max_steps is not None:
             kwargs["max_steps"] = budget.max_steps
+        if self._summary_shown:  # the model summary is worth printing once per stream, not once per task
+            kwargs["enable_model_summary"] = False
+        self._summary_shown = True
         kwargs.update(
             callbacks=callbacks, logger=self.logger, default_root_dir=str(self.run_dir),
             use_distributed_sampler=False, enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
@@ -315,7 +319,7 @@ class StreamRunner:
         write_results_json(self.run_dir / "results.json", results)
         for metric, matrix in state["matrices"].items():
             fig = render_heatmap(
-                matrix.matrix, datamodule.stage_names, datamodule.task_names,
+                matrix.matrix, matrix.stages, matrix.task_names,
                 title=f"{metric} after each task", metric=metric, higher_is_better=datamodule.higher_is_better,
             )
             save_figure_png(fig, self.run_dir / f"matrix_{metric}.png")

@@ -201,9 +201,13 @@ class ContinualDataModule(pl.LightningDataModule):
             self._eval_sample(self.encode(r, i, path=self._path(t, "test"), split="test"))
             for i, (t, r) in enumerate(zip(tasks, test_rows))
         ]
-        for t, ex in zip(tasks, self.train_examples):
-            if not ex:
-                raise ClightConfigError(f"task {t.name!r}: no training examples left after reading its data.")
+        for t, train, test in zip(tasks, self.train_examples, self.test_examples):
+            if not train or not test:
+                split = "training" if not train else "test"
+                raise ClightConfigError(
+                    f"task {t.name!r}: no {split} examples (file {self._path(t, 'train' if not train else 'test')!r}); "
+                    "every task needs both, so that it can be trained and evaluated."
+                )
         self._prepared = True
 
     def fingerprint(self) -> dict[str, Any]:
@@ -302,22 +306,45 @@ class ContinualDataModule(pl.LightningDataModule):
         return max(0, min(batches_per_epoch, done_steps * accumulate))
 
     def eval_dataloaders(self) -> list[DataLoader]:
-        """One loader per task of the stream (seen and unseen), sharded across ranks without padding."""
+        """One loader per task of the stream (seen and unseen), sharded across ranks.
+
+        Shards are padded to equal length with repeated examples marked invalid (batch key ``valid``), so every
+        example counts exactly once in the rank-reduced metrics."""
         self.prepare_stream()
         rank, world = self._dist()
         loaders = []
         for i, examples in enumerate(self.test_examples):
             sampler = ResumableBatchSampler(
-                len(examples), self.eval_batch_size, shuffle=False, rank=rank, world_size=world, pad=False,
+                len(examples), self.eval_batch_size, shuffle=False, rank=rank, world_size=world, mark_padding=True,
                 task_index=i,
             )
-            loaders.append(self._loader(examples, sampler))
+            loaders.append(self._loader(_PaddedView(examples), sampler, self._collate_eval))
         return loaders
 
-    def _loader(self, examples: list[Example], sampler: ResumableBatchSampler) -> DataLoader:
+    def _collate_eval(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        batch = self.collate(examples)
+        batch["valid"] = torch.tensor([not ex.get("_padding", False) for ex in examples])
+        return batch
+
+    def _loader(self, examples: Any, sampler: ResumableBatchSampler, collate: Any = None) -> DataLoader:
         # The loader gets its own generator: creating an iterator draws a base seed, and drawing it from the
         # global RNG would shift dropout's random stream when a resumed run re-creates the iterator mid-epoch.
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(examples, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers,
-                          generator=generator, persistent_workers=False)
+        return DataLoader(examples, batch_sampler=sampler, collate_fn=collate or self.collate,
+                          num_workers=self.num_workers, generator=generator, persistent_workers=False)
 
+
+
+class _PaddedView:
+    """Indexable view of a task's examples where index ``-(i + 1)`` is example ``i`` marked as padding."""
+
+    def __init__(self, examples: list[Example]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> Example:
+        if index < 0:
+            return {**self.examples[-index - 1], "_padding": True}
+        return self.examples[index]

@@ -12,8 +12,9 @@ class ResumableBatchSampler(Sampler[list[int]]):
     """Yields index batches of one rank's shard.
 
     The order of an epoch depends only on ``(seed, task_index, epoch)``; every rank draws the same permutation
-    and takes every ``world_size``-th index (the shard is padded by wrapping when training, never when
-    evaluating). ``skip_fn`` is asked, when an epoch starts iterating, how many batches of it are already done
+    and takes every ``world_size``-th index. Shards are padded to equal length by wrapping around (Lightning
+    needs at least one batch on every rank); with ``mark_padding`` the padded positions are yielded as
+    ``-(index + 1)`` so evaluation can leave the duplicates out of its counts. ``skip_fn`` is asked, when an epoch starts iterating, how many batches of it are already done
     (the trainer's restored step count after a mid-task resume), and those are skipped, so a resumed run sees
     exactly the batches an uninterrupted run would.
     """
@@ -30,6 +31,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
         world_size: int = 1,
         drop_last: bool = False,
         pad: bool = True,
+        mark_padding: bool = False,
         epoch: int = 0,
         skip_fn: Callable[[], int] | None = None,
     ) -> None:
@@ -42,6 +44,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self.world_size = world_size
         self.drop_last = drop_last
         self.pad = pad
+        self.mark_padding = mark_padding
         self.epoch = epoch
         self.skip_fn = skip_fn
         # Lightning calls `set_epoch` on `loader.sampler` and `loader.batch_sampler.sampler`, not on the batch
@@ -59,7 +62,8 @@ class ResumableBatchSampler(Sampler[list[int]]):
             order = list(range(self.num_examples))
         if self.world_size > 1 and self.pad and order:
             total = -(-len(order) // self.world_size) * self.world_size
-            order = order + order[: total - len(order)]
+            extra = [order[i % len(order)] for i in range(total - len(order))]
+            order = order + ([-(i + 1) for i in extra] if self.mark_padding else extra)
         return order[self.rank :: self.world_size]
 
     def __len__(self) -> int:

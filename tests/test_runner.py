@@ -15,7 +15,8 @@ from clight.errors import ClightConfigError
 
 
 def test_classification_stream_writes_results_heatmap_and_tensorboard(tmp_path: Path) -> None:
-    results, _ = run_stream(tmp_path, [], max_steps=3)
+    results, module = run_stream(tmp_path, [], max_steps=3)
+    assert [r["count"] for r in module.eval_results.values()] == [24, 24]  # every eval example counted once
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["tasks"] == ["wordnet-nature", "wordnet-artifacts"] == on_disk["stages"]
     assert on_disk["primary_metric"] == "class_il_acc"
