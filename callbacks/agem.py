@@ -9,7 +9,8 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from torch import Tensor
 
-from clight.callbacks.memory import MemoryCallback, Policy, Selection
+from clight.callbacks.memory import Policy, Selection
+from clight.callbacks.rehearsal import MemoryCallback
 from clight.errors import ClightConfigError
 
 
@@ -49,7 +50,8 @@ class AGEM(MemoryCallback):
         selection: ``random`` or ``highest_loss`` (see ``Replay``).
         score_pool: examples scored per task for ``highest_loss``.
         seed: seed of the memory's random choices; empty: the datamodule's ``seed``.
-        memmap_dir: keep the memory in memory-mapped files in this folder.
+        memmap_dir: keep the memory in memory-mapped files in this folder (relative: inside the run
+            directory; see ``Replay``).
 
     Example (YAML)::
 

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from lightning.fabric.utilities import move_data_to_device
 from torch import Tensor
 
-from clight.callbacks.memory import Example, Policy, Selection, check_arg, forward_examples
+from clight.callbacks.memory import Example, Policy, Selection
+from clight.callbacks.rehearsal import check_arg, forward_examples
 from clight.callbacks.replay import Replay
 
 
@@ -55,7 +56,8 @@ class DarkExperienceReplay(Replay):
         selection: ``random`` or ``highest_loss`` (see ``Replay``).
         score_pool: examples scored per task for ``highest_loss``.
         seed: seed of the memory's random choices; empty: the datamodule's ``seed``.
-        memmap_dir: keep the memory (logits included) in memory-mapped files in this folder.
+        memmap_dir: keep the memory (logits included) in memory-mapped files in this folder (relative: inside
+            the run directory; see ``Replay``).
 
     Example (YAML)::
 

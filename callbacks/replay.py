@@ -10,7 +10,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from clight.callbacks.memory import MemoryCallback, Policy, Selection, check_arg, seeded_generator
+from clight.callbacks.memory import Policy, Selection, seeded_generator
+from clight.callbacks.rehearsal import MemoryCallback, check_arg
 from clight.errors import ClightConfigError
 from clight.task import TaskInfo
 
@@ -42,12 +43,15 @@ class Replay(MemoryCallback):
         policy: ``reservoir`` (every example seen has the same chance to be kept), ``class_balanced`` (equal
             share per class; classification only) or ``task_balanced`` (equal share per task).
         selection: which of a task's examples enter: ``random`` or ``highest_loss`` (the hardest under the
-            model at task end). With ``reservoir`` the policy still decides how many and which slots change.
+            model at task end, scored by the overridable ``score_examples`` hook). With ``reservoir`` the
+            policy still decides how many and which slots change.
         score_pool: at most this many of a task's examples (a random subset, at least ``memory_size``) are
             scored for ``highest_loss``.
         seed: seed of the memory's random choices; empty: the datamodule's ``seed``.
-        memmap_dir: keep the memory in memory-mapped files in this folder (on a filesystem all ranks share)
-            instead of RAM; the checkpoint then refers to the files instead of holding the tensors.
+        memmap_dir: keep the memory in memory-mapped files in this folder instead of RAM (a relative path is
+            taken inside the trainer's ``default_root_dir``, the stream's ``run_dir``; it must be on a
+            filesystem all ranks share: rank 0 writes, every rank maps). The checkpoint then refers to the files
+            (by generation) instead of holding the tensors.
 
     Example (YAML)::
 

@@ -139,6 +139,9 @@ class ContinualModule(pl.LightningModule):
             backbone.pooler = None
         if self.peft_config:
             backbone = self._apply_peft(backbone)
+        # `from_pretrained` returns eval mode and Lightning keeps each submodule's mode, which would train the
+        # backbone with dropout off; fine-tuning means train mode (Lightning still switches to eval to evaluate).
+        backbone.train()
         self.backbone = backbone
 
     def _apply_peft(self, backbone: nn.Module) -> nn.Module:

@@ -34,6 +34,7 @@ CASES: list[Case] = [
                      ({"seed": -1}, "seed"), ({"score_pool": 0}, "score_pool"), ({"weight": 0.0}, "weight")]),
     Case("replay_mixed", Replay, {"memory_size": 16, "mode": "mixed", "mixed_ratio": 0.5, "policy": "class_balanced"},
          bad_kwargs=[({"mode": "interleaved"}, "mode"), ({"mixed_ratio": 0.0}, "mixed_ratio")]),
+    Case("replay_memmap", Replay, {"memory_size": 16, "replay_batch_size": 4, "memmap_dir": "memory"}),
     Case("replay_causal_lm", Replay, {"memory_size": 16, "replay_batch_size": 4, "policy": "task_balanced"},
          bad_kwargs=[({"memory_size": -5}, "memory_size")], kind="causal_lm"),
     Case("der", DarkExperienceReplay, {"memory_size": 16, "replay_batch_size": 4, "selection": "highest_loss"},

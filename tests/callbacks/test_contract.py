@@ -70,4 +70,6 @@ def test_ddp_ranks_hold_identical_state(case: Case, tmp_path: Path) -> None:
     assert_state_equal(rank0["callback"], rank1["callback"], "callback")
     assert_state_equal(rank0["module"], rank1["module"], "module")
     assert rank0["results"] == rank1["results"]
+    assert len(rank0["step_checksums"]) == 8  # 2 tasks x 4 steps, compared step by step
+    assert rank0["step_checksums"] == rank1["step_checksums"]
     assert rank0["callback"]["tasks_seen"] == 2

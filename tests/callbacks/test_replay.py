@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from clight_testing import assert_state_equal, run_stream
+from clight_testing import assert_state_equal, run_stream, tiny_module
+from lightning.pytorch.plugins.precision import Precision
 
 from clight.callbacks import ExampleMemory, Replay
 from clight.callbacks.memory import (
@@ -19,12 +20,13 @@ from clight.callbacks.memory import (
     reservoir_plan,
     seeded_generator,
 )
+from clight.callbacks.rehearsal import forward_examples, per_example_loss
 from clight.errors import ClightConfigError
 from clight.task import TaskInfo
 
 
 def make_task(task: int, classes: list[int], per_class: int) -> list[dict]:
-    return [{"input_ids": [101, task, c, i % 7, 102][: 3 + i % 3], "label": c, "task": task}
+    return [{"input_ids": [101, task, c, i] + [102] * (i % 3), "label": c, "task": task}
             for c in classes for i in range(per_class)]
 
 
@@ -180,3 +182,20 @@ def test_replay_in_a_stream_keeps_a_class_balanced_memory(tmp_path: Path) -> Non
     counts = Counter(cb.memory.fields["label"].tolist())
     assert sorted(counts) == list(range(12)) and set(counts.values()) == {2}
     assert cb.memory.fields["tokens"].dtype == torch.int32
+
+
+def test_scoring_at_task_end_restores_every_module_mode() -> None:
+    module = tiny_module(num_classes=3)
+    module.configure_stream(num_classes=3)
+    module.train()
+    module.backbone.eval()  # as after `from_pretrained`: the backbone in eval mode while the head trains
+    modes = [m.training for m in module.modules()]
+    collate = lambda exs: {"input_ids": torch.tensor([ex["input_ids"] for ex in exs]),  # noqa: E731
+                           "attention_mask": torch.ones(len(exs), 4, dtype=torch.long),
+                           "labels": torch.tensor([ex["label"] for ex in exs])}
+    trainer = SimpleNamespace(world_size=1, global_rank=0, precision_plugin=Precision(),
+                              datamodule=SimpleNamespace(collate=collate))
+    examples = [{"input_ids": [101, 5, i, 102], "label": i % 3, "task": 0} for i in range(5)]
+    out = forward_examples(trainer, module, examples, lambda b, o: {"score": per_example_loss(module, b, o)}, 2)
+    assert out["score"].shape == (5,)
+    assert [m.training for m in module.modules()] == modes
