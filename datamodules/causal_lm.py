@@ -74,9 +74,12 @@ class CausalLMStream(ContinualDataModule):
         if self.train_tokenizer_vocab is None:
             return super().make_tokenizer()
         tasks, train_rows, _ = self._read_tasks()
-        texts = [str(x) for t, rows in zip(tasks, train_rows)
-                 for x in column(rows, self.text_column, path=self._path(t, "train"), argument="data.text_column")]
+        texts = [text for t, rows in zip(tasks, train_rows) for text in self.tokenizer_texts(rows, self._path(t, "train"))]
         return train_bpe_tokenizer(texts, self.train_tokenizer_vocab)
+
+    def tokenizer_texts(self, rows: list[dict[str, Any]], path: str) -> list[str]:
+        """The text of a task's training rows that a trained tokenizer learns from."""
+        return [str(x) for x in column(rows, self.text_column, path=path, argument="data.text_column")]
 
     def _eos(self) -> int:
         eos = self.tokenizer.eos_token_id

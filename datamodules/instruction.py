@@ -49,19 +49,10 @@ class InstructionStream(CausalLMStream):
         self.response_column = response_column
         self.template = template
 
-    def make_tokenizer(self) -> Any:
-        if self.train_tokenizer_vocab is None:
-            return super().make_tokenizer()
-        from clight.datamodules.causal_lm import train_bpe_tokenizer
-
-        tasks, train_rows, _ = self._read_tasks()
-        texts = []
-        for t, rows in zip(tasks, train_rows):
-            path = self._path(t, "train")
-            prompts = column(rows, self.prompt_column, path=path, argument="data.prompt_column")
-            responses = column(rows, self.response_column, path=path, argument="data.response_column")
-            texts += [self.template.format(prompt=p) + str(r) for p, r in zip(prompts, responses)]
-        return train_bpe_tokenizer(texts, self.train_tokenizer_vocab)
+    def tokenizer_texts(self, rows: list[dict[str, Any]], path: str) -> list[str]:
+        prompts = column(rows, self.prompt_column, path=path, argument="data.prompt_column")
+        responses = column(rows, self.response_column, path=path, argument="data.response_column")
+        return [self.template.format(prompt=p) + str(r) for p, r in zip(prompts, responses)]
 
     def encode(self, rows: list[dict[str, Any]], task_index: int, *, path: str, split: str) -> list[Example]:
         prompts = [str(p) for p in column(rows, self.prompt_column, path=path, argument="data.prompt_column")]
