@@ -128,7 +128,8 @@ class ExampleMemory:
             shutil.rmtree(self._gen_dir(generation - 2), ignore_errors=True)
 
     def _gen_dir(self, generation: int) -> Path:
-        assert self.memmap_dir is not None
+        if self.memmap_dir is None:  # internal invariant: only memory-mapped memories have generation folders
+            raise RuntimeError("ExampleMemory._gen_dir called on an in-RAM memory")
         return self.memmap_dir / f"gen-{generation:06d}"
 
     def _allocate(self, specs: Mapping[str, tuple[str, tuple[int, ...]]], width: int, generation: int, *,
