@@ -334,7 +334,6 @@ class ContinualDataModule(pl.LightningDataModule):
                           num_workers=self.num_workers, generator=generator, persistent_workers=False)
 
 
-
 class _PaddedView:
     """Indexable view of a task's examples where index ``-(i + 1)`` is example ``i`` marked as padding."""
 

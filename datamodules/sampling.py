@@ -14,9 +14,10 @@ class ResumableBatchSampler(Sampler[list[int]]):
     The order of an epoch depends only on ``(seed, task_index, epoch)``; every rank draws the same permutation
     and takes every ``world_size``-th index. Shards are padded to equal length by wrapping around (Lightning
     needs at least one batch on every rank); with ``mark_padding`` the padded positions are yielded as
-    ``-(index + 1)`` so evaluation can leave the duplicates out of its counts. ``skip_fn`` is asked, when an epoch starts iterating, how many batches of it are already done
-    (the trainer's restored step count after a mid-task resume), and those are skipped, so a resumed run sees
-    exactly the batches an uninterrupted run would.
+    ``-(index + 1)`` so evaluation can leave the duplicates out of its counts. ``skip_fn`` is asked, when an
+    epoch starts iterating, how many batches of it are already done (the trainer's restored step count after
+    a mid-task resume), and those are skipped, so a resumed run sees exactly the batches an uninterrupted run
+    would.
     """
 
     def __init__(
@@ -30,7 +31,6 @@ class ResumableBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
-        pad: bool = True,
         mark_padding: bool = False,
         epoch: int = 0,
         skip_fn: Callable[[], int] | None = None,
@@ -43,7 +43,6 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.world_size = world_size
         self.drop_last = drop_last
-        self.pad = pad
         self.mark_padding = mark_padding
         self.epoch = epoch
         self.skip_fn = skip_fn
@@ -60,14 +59,14 @@ class ResumableBatchSampler(Sampler[list[int]]):
             order = torch.randperm(self.num_examples, generator=g).tolist()
         else:
             order = list(range(self.num_examples))
-        if self.world_size > 1 and self.pad and order:
+        if self.world_size > 1 and order:
             total = -(-len(order) // self.world_size) * self.world_size
             extra = [order[i % len(order)] for i in range(total - len(order))]
             order = order + ([-(i + 1) for i in extra] if self.mark_padding else extra)
         return order[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        n = len(self._shard()) if self.world_size > 1 else self.num_examples
+        n = -(-self.num_examples // self.world_size)  # shards are padded to equal length
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
