@@ -38,6 +38,7 @@ def main() -> None:
     checksums = StepChecksums()
     results, module = run_stream(
         out / "run", [callback, checksums], kind=case.kind, max_steps=4,
+        module_kwargs=dict(case.module_kwargs), stream_kwargs=dict(case.stream_kwargs),
         trainer_kwargs=dict(strategy="ddp", devices=2, accelerator="cpu"),
     )
     rank = int(os.environ.get("LOCAL_RANK", "0"))

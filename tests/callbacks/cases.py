@@ -1,7 +1,8 @@
 """The callback contract table: every continual-learning callback joins it.
 
 Each :class:`Case` names a callback class, constructor kwargs for a short run, the stream kind it runs on, and
-bad kwargs that must be rejected in ``__init__`` (with the argument's name in the message). The contract tests in
+bad kwargs that must be rejected in ``__init__`` (with the argument's name in the message). Each technique family
+keeps its rows in its own ``cases_<family>.py``; this module concatenates them. The contract tests in
 ``test_contract.py`` run every case through: constructor validation, ``state_dict`` round-trip through
 ``torch.save``/``torch.load(weights_only=True)``, crash-and-resume equivalence, and identical state on both ranks
 of a 2-process CPU DDP run.
@@ -9,22 +10,13 @@ of a 2-process CPU DDP run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
+from case import Case
+from cases_masking import MASKING_CASES
+from cases_peft import PEFT_CASES
+from cases_regularization import REGULARIZATION_CASES
 from probe import ProbeCallback
 
 from clight.callbacks import AGEM, DarkExperienceReplay, Replay
-
-
-@dataclass
-class Case:
-    id: str
-    cls: type
-    kwargs: dict[str, Any]
-    bad_kwargs: list[tuple[dict[str, Any], str]] = field(default_factory=list)
-    kind: str = "classification"  # or "causal_lm"
-
 
 CASES: list[Case] = [
     Case("probe", ProbeCallback, {"scale": 2.0}, bad_kwargs=[({"scale": 0.0}, "scale")]),
@@ -46,6 +38,7 @@ CASES: list[Case] = [
          bad_kwargs=[({"memory_size": 0}, "memory_size"), ({"replay_batch_size": -1}, "replay_batch_size"),
                      ({"policy": "balanced"}, "policy")]),
 ]
+CASES += REGULARIZATION_CASES + MASKING_CASES + PEFT_CASES
 
 
 def case_by_id(case_id: str) -> Case:

@@ -17,6 +17,10 @@ from clight.errors import ClightConfigError
 PARAMS = [pytest.param(c, id=c.id) for c in CASES]
 
 
+def _stream_args(case: Case) -> dict:
+    return dict(kind=case.kind, module_kwargs=dict(case.module_kwargs), stream_kwargs=dict(case.stream_kwargs))
+
+
 @pytest.mark.parametrize("case", PARAMS)
 def test_constructor_validation(case: Case) -> None:
     case.cls(**case.kwargs)  # the good kwargs construct
@@ -28,7 +32,7 @@ def test_constructor_validation(case: Case) -> None:
 @pytest.mark.parametrize("case", PARAMS)
 def test_state_dict_round_trip(case: Case, tmp_path: Path) -> None:
     callback = case.cls(**case.kwargs)
-    run_stream(tmp_path / "run", [callback], kind=case.kind, max_steps=3)
+    run_stream(tmp_path / "run", [callback], max_steps=3, **_stream_args(case))
     state = callback.state_dict()
     torch.save(state, tmp_path / "state.pt")
     loaded = torch.load(tmp_path / "state.pt", weights_only=True)
@@ -41,11 +45,12 @@ def test_state_dict_round_trip(case: Case, tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", PARAMS)
 def test_crash_and_resume_equivalence(case: Case, tmp_path: Path) -> None:
     ref_cb = case.cls(**case.kwargs)
-    ref, ref_module = run_stream(tmp_path / "ref", [ref_cb], kind=case.kind)
+    ref, ref_module = run_stream(tmp_path / "ref", [ref_cb], **_stream_args(case))
     with pytest.raises(SimulatedCrash):  # killed in the second task, after its step-4 checkpoint
-        run_stream(tmp_path / "crash", [case.cls(**case.kwargs), CrashAt(task=1, step=5)], kind=case.kind)
+        run_stream(tmp_path / "crash", [case.cls(**case.kwargs), CrashAt(task=1, step=5)],
+                   **_stream_args(case))
     resumed_cb = case.cls(**case.kwargs)
-    res, res_module = run_stream(tmp_path / "crash", [resumed_cb], kind=case.kind, resume=True)
+    res, res_module = run_stream(tmp_path / "crash", [resumed_cb], resume=True, **_stream_args(case))
     assert res["timing"]["stages"][1]["resumed_mid_task"] is True
     for metric, matrix in ref["matrices"].items():
         assert torch.allclose(torch.tensor(matrix["matrix"], dtype=torch.float64),
