@@ -6,7 +6,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from torch import Tensor
 
 from clight.callbacks.memory import Policy, Selection
@@ -61,6 +60,9 @@ class AGEM(MemoryCallback):
               init_args: {memory_size: 200, replay_batch_size: 32}
     """
 
+    sharded_reason = ("its projection needs every parameter's full gradient, which a sharded strategy splits across "
+                      "ranks; `Replay` and `DarkExperienceReplay` are the rehearsal alternatives")
+
     def __init__(
         self,
         *,
@@ -81,12 +83,6 @@ class AGEM(MemoryCallback):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
-        if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)):
-            raise ClightConfigError(
-                f"`AGEM` cannot run under `{type(trainer.strategy).__name__}`: its projection needs every "
-                "parameter's full gradient, which a sharded strategy splits across ranks. Use `strategy: ddp` (or "
-                "one device), or choose `Replay`/`DarkExperienceReplay`, which work with sharding."
-            )
         if not pl_module.automatic_optimization:
             raise ClightConfigError("`AGEM` edits gradients in automatic optimization; the module uses manual "
                                     "optimization. Project the gradients in your own `training_step` instead.")

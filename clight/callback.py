@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, Strategy
 
 from clight.errors import ClightConfigError
 from clight.task import TaskInfo
@@ -25,12 +26,19 @@ def current_task(trainer: pl.Trainer, fallback_index: int = 0) -> TaskInfo:
     return TaskInfo(index=fallback_index, name=f"task-{fallback_index}")
 
 
+def is_sharded(strategy: Strategy) -> bool:
+    """Whether ``strategy`` splits parameters across ranks (FSDP, DeepSpeed, model parallel)."""
+    return isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy))
+
+
 class ContinualCallback(Callback):
     """A Lightning callback that knows about task boundaries.
 
     Subclasses override :meth:`on_task_start` / :meth:`on_task_end` and declare the module capabilities they
     rely on in ``required_capabilities`` (for example ``{"loss_terms"}``); a module that lacks one is rejected
-    in ``setup`` with a clear error. ``on_task_start`` is dispatched from ``on_fit_start`` and runs again when a
+    in ``setup`` with a clear error. A callback that works on sharded parameters (FSDP, DeepSpeed) sets
+    ``supports_sharded = True`` (and says why in its docstring, with a test); every other callback refuses a
+    sharded strategy in ``setup``, naming the strategy and a way out (``sharded_reason`` says what it needs). ``on_task_start`` is dispatched from ``on_fit_start`` and runs again when a
     task is resumed mid-way, so it must be idempotent; ``on_task_end`` is dispatched from ``on_fit_end`` (before
     teardown moves the model off the accelerator) and runs exactly once per finished task.
 
@@ -38,6 +46,8 @@ class ContinualCallback(Callback):
     """
 
     required_capabilities: frozenset[str] = frozenset()
+    supports_sharded: ClassVar[bool] = False
+    sharded_reason: ClassVar[str] = "it has not been shown to work on sharded parameters"
 
     def __init__(self) -> None:
         super().__init__()
@@ -58,6 +68,11 @@ class ContinualCallback(Callback):
                 f"`{type(self).__name__}` needs the module capabilities {missing}, which "
                 f"`{type(pl_module).__name__}` does not provide. Use `clight.ContinualModule` (or add "
                 f"{missing} to your module's `capabilities` with the matching methods), or remove the callback."
+            )
+        if not self.supports_sharded and is_sharded(trainer.strategy):
+            raise ClightConfigError(
+                f"`{type(self).__name__}` cannot run under `{type(trainer.strategy).__name__}`: {self.sharded_reason}."
+                " Use `trainer.strategy: ddp` (or one device), or remove the callback."
             )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
