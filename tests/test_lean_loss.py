@@ -1,0 +1,46 @@
+"""The memory-lean causal-LM loss gives the plain shifted cross-entropy's values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import clight.module as module_lib
+
+
+def _reference(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    vocab = logits.shape[-1]
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(), labels[:, 1:].reshape(-1), ignore_index=-100,
+                          reduction="none")
+    return nll.view(labels.shape[0], -1)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_nll_matches_shifted_cross_entropy(chunked: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(3, 9, 40, requires_grad=True)
+    labels = torch.randint(0, 40, (3, 9))
+    labels[0, 5] = labels[2, 1] = -100
+    if chunked:  # force the checkpointed path with 4 chunks of 7 rows (and a short last one)
+        monkeypatch.setattr(module_lib, "_LEAN_LOSS_ELEMENTS", 10)
+        monkeypatch.setattr(module_lib, "_LEAN_LOSS_CHUNK", 7 * 40)
+    out = module_lib.causal_lm_nll(logits, labels)
+    ref = _reference(logits, labels)
+    assert out.shape == (3, 8)
+    assert out[0, 4] == 0 and out[2, 0] == 0  # positions whose next token is ignored
+    torch.testing.assert_close(out, ref)
+    (g_out,) = torch.autograd.grad((out * torch.arange(24.0).view(3, 8)).sum(), logits)
+    (g_ref,) = torch.autograd.grad((ref * torch.arange(24.0).view(3, 8)).sum(), logits)
+    torch.testing.assert_close(g_out, g_ref)
+
+
+def test_bf16_logits_are_reduced_in_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(1)
+    logits = (torch.randn(2, 5, 300) * 4).bfloat16()
+    labels = torch.randint(0, 300, (2, 5))
+    monkeypatch.setattr(module_lib, "_LEAN_LOSS_ELEMENTS", 10)
+    monkeypatch.setattr(module_lib, "_LEAN_LOSS_CHUNK", 3 * 300)
+    out = module_lib.causal_lm_nll(logits, labels)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, _reference(logits.float(), labels))
