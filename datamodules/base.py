@@ -67,6 +67,8 @@ class ContinualDataModule(pl.LightningDataModule):
             the O(tasks²) cost of evaluating every task after every task.
         seed: seed of the data order (combined with the task index and epoch).
         num_workers: DataLoader workers.
+        drop_last: drop each epoch's last, smaller training batch (keeps every step's shape fixed, which
+            ``torch.compile`` and throughput measurements want).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class ContinualDataModule(pl.LightningDataModule):
         eval_max_examples: int | None = None,
         seed: int = 0,
         num_workers: int = 0,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("max_length", max_length)):
@@ -116,6 +119,7 @@ class ContinualDataModule(pl.LightningDataModule):
         self.eval_max_examples = eval_max_examples
         self.seed = seed
         self.num_workers = num_workers
+        self.drop_last = drop_last
         self.tasks: list[Task] = []
         self.train_examples: list[list[Example]] = []
         self.test_examples: list[list[Example]] = []
@@ -290,10 +294,16 @@ class ContinualDataModule(pl.LightningDataModule):
         examples = self.stage_train_examples()
         rank, world = self._dist()
         trainer = self.trainer
+        if self.drop_last and len(examples) < self.batch_size * world:
+            raise ClightConfigError(
+                f"`drop_last`: task {self.current_task.name!r} has {len(examples)} training examples, fewer than one "
+                f"batch ({self.batch_size} x {world} ranks), so every batch would be dropped. Lower `batch_size` or "
+                "set `drop_last: false`."
+            )
         sampler = ResumableBatchSampler(
             len(examples), self.batch_size, shuffle=True, seed=self.seed, task_index=self.stage_index,
             rank=rank, world_size=world, epoch=trainer.current_epoch if trainer is not None else 0,
-            skip_fn=(lambda: self._batches_done(len(sampler))) if trainer is not None else None,
+            drop_last=self.drop_last, skip_fn=(lambda: self._batches_done(len(sampler))) if trainer is not None else None,
         )
         return self._loader(examples, sampler)
 
