@@ -155,7 +155,14 @@ def main() -> None:
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in device), None)
     rows = []
     for method in args.methods:
-        row = measure(cli, trainer_kwargs, method, prime_steps=args.prime_steps, warmup=args.warmup, steps=args.steps)
+        try:
+            row = measure(cli, trainer_kwargs, method, prime_steps=args.prime_steps, warmup=args.warmup,
+                          steps=args.steps)
+        except torch.OutOfMemoryError as err:  # report it and go on with the next method
+            print(f"{method}: out of memory: {str(err).splitlines()[0]}", flush=True)
+            row = {"method": Path(method).stem, "tokens_per_s": None, "tflops_per_s": None, "peak_mem_gib": None,
+                   "error": "out of memory"}
+            torch.cuda.empty_cache()
         row["mfu"] = row["tflops_per_s"] / peak if peak and row["tflops_per_s"] else None
         rows.append(row)
     if int(os.environ.get("LOCAL_RANK", "0")) != 0:
@@ -167,6 +174,9 @@ def main() -> None:
     naive = next((r for r in rows if r["method"] == "naive"), None)
     print("| method | tokens/s | MFU | × naive | peak GiB |\n|---|---|---|---|---|")
     for r in rows:
+        if r["tokens_per_s"] is None:
+            print(f"| {r['method']} | {r.get('error', 'failed')} | — | — | — |")
+            continue
         ratio = r["tokens_per_s"] / naive["tokens_per_s"] if naive and naive["tokens_per_s"] else None
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "—"
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "—"
