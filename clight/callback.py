@@ -39,8 +39,9 @@ class ContinualCallback(Callback):
     in ``setup`` with a clear error. A callback that works on sharded parameters (FSDP, DeepSpeed) sets
     ``supports_sharded = True`` (and says why in its docstring, with a test); every other callback refuses a
     sharded strategy in ``setup``, naming the strategy and a way out (``sharded_reason`` says what it needs). ``on_task_start`` is dispatched from ``on_fit_start`` and runs again when a
-    task is resumed mid-way, so it must be idempotent; ``on_task_end`` is dispatched from ``on_fit_end`` (before
-    teardown moves the model off the accelerator) and runs exactly once per finished task.
+    task is resumed mid-way, so it must be idempotent; ``on_task_end`` is dispatched from ``on_train_end`` (the
+    model still on its device) and runs exactly once per finished task (from ``on_fit_end`` when a resumed fit
+    skips the training loop).
 
     Works in any Lightning project with one ``trainer.fit`` per task: the callback counts finished tasks itself.
     """
@@ -76,9 +77,23 @@ class ContinualCallback(Callback):
             )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._task_ended = False
         self.on_task_start(trainer, pl_module, current_task(trainer, self.tasks_seen))
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The end of the training loop, while the model is still on its device and the process group is up
+        # (Lightning's `on_fit_end` runs after teardown has moved the model to the CPU).
+        self._end_task(trainer, pl_module)
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Fallback: a fit resumed from a checkpoint taken after the task's last step skips the training loop and
+        # with it `on_train_end`; the task still ends exactly once (on the CPU, after teardown).
+        self._end_task(trainer, pl_module)
+
+    def _end_task(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if getattr(self, "_task_ended", True):
+            return
+        self._task_ended = True
         self.on_task_end(trainer, pl_module, current_task(trainer, self.tasks_seen))
         self.tasks_seen += 1
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ import torch.utils.checkpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from clight.callback import is_sharded
 from clight.errors import ClightConfigError
 from clight.hub import resolve_pretrained_path
 
@@ -105,6 +107,9 @@ class ContinualModule(pl.LightningModule):
         self._loss_terms: dict[str, tuple[LossTerm, float]] = {}
         self._eval_sums: dict[int, Tensor] = {}
         self.eval_results: dict[int, dict[str, float]] = {}
+        # adapter-only checkpoints: state-dict keys of the frozen base as built, and those changed since (merges)
+        self._pristine: set[str] = set()
+        self._modified: set[str] = set()
         if self._config is None or "vocab_size" in self._config:
             self._build_backbone(vocab_size=None)
         if num_classes is not None:
@@ -115,6 +120,10 @@ class ContinualModule(pl.LightningModule):
     def capabilities(self) -> frozenset[str]:
         """Named features callbacks may rely on (checked in their ``setup``)."""
         caps = {"loss_terms", "features" if self.task == "classification" else "causal_lm", self.task}
+        if self.peft_config:
+            caps.add("peft")
+            if str(self._peft_spec().get("peft_type", "")).upper() == "LORA":
+                caps.add("lora")
         return frozenset(caps)
 
     def _build_backbone(self, vocab_size: int | None) -> None:
@@ -144,18 +153,28 @@ class ContinualModule(pl.LightningModule):
         # backbone with dropout off; fine-tuning means train mode (Lightning still switches to eval to evaluate).
         backbone.train()
         self.backbone = backbone
+        if self.peft_config:
+            self._record_pristine_base()
+
+    def _peft_spec(self) -> dict[str, Any]:
+        spec = {"peft_type": "LORA", **(self.peft_config or {})}
+        if self.task == "causal_lm":
+            spec.setdefault("task_type", "CAUSAL_LM")
+        return spec
+
+    def _new_peft_config(self) -> Any:
+        import peft
+
+        spec = self._peft_spec()
+        try:
+            return peft.get_peft_config(spec)
+        except (TypeError, ValueError, KeyError) as err:
+            raise ClightConfigError(f"`peft`: {spec} is not a valid peft config: {err}") from err
 
     def _apply_peft(self, backbone: nn.Module) -> nn.Module:
         import peft
 
-        spec = {"peft_type": "LORA", **self.peft_config}
-        if self.task == "causal_lm":
-            spec.setdefault("task_type", "CAUSAL_LM")
-        try:
-            peft_config = peft.get_peft_config(spec)
-        except (TypeError, ValueError, KeyError) as err:
-            raise ClightConfigError(f"`peft`: {spec} is not a valid peft config: {err}") from err
-        return peft.get_peft_model(backbone, peft_config)
+        return peft.get_peft_model(backbone, self._new_peft_config())
 
     def _build_head(self, num_classes: int) -> None:
         if self.head is not None:
@@ -232,7 +251,12 @@ class ContinualModule(pl.LightningModule):
             out = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             features = mean_pool(out.last_hidden_state, batch["attention_mask"])  # (B, H)
             return {"logits": self.head(features), "features": features}
-        out = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        mask = batch["attention_mask"]
+        if bool(mask.all()):
+            # No padding: let SDPA use its causal (flash) kernel. transformers cannot check this inside a
+            # compiled backbone and would build a (B, 1, T, T) mask; one host sync per step is far cheaper.
+            mask = None
+        out = self.backbone(input_ids=batch["input_ids"], attention_mask=mask)
         return {"logits": out.logits}
 
     def task_loss(self, batch: Mapping[str, Tensor], outputs: Mapping[str, Tensor]) -> Tensor:
@@ -320,8 +344,187 @@ class ContinualModule(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    # ---- peft adapters (LoRA): named adapters, which ones apply and which train ------------------------------
+    @property
+    def peft_model(self) -> Any:
+        """The ``peft.PeftModel`` backbone (unwrapped from ``torch.compile``), or ``None`` without ``peft``."""
+        backbone = getattr(self.backbone, "_orig_mod", self.backbone)
+        return backbone if self.peft_config and backbone is not None else None
+
+    def lora_layers(self) -> list[nn.Module]:
+        """The backbone's LoRA-wrapped layers (``peft.tuners.lora.LoraLayer``), in module order."""
+        from peft.tuners.lora import LoraLayer
+
+        peft_model = self._require_peft("lora_layers")
+        return [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """Names of the backbone's adapters, in the order they were added (``[]`` without ``peft``)."""
+        return list(self.peft_model.peft_config) if self.peft_model is not None else []
+
+    @property
+    def active_adapters(self) -> list[str]:
+        """Adapters applied in the forward pass (their outputs add up)."""
+        return list(self.peft_model.active_adapters) if self.peft_model is not None else []
+
+    @property
+    def trainable_adapters(self) -> list[str]:
+        """Adapters with a parameter that trains (``requires_grad``)."""
+        return sorted({_adapter_of(n) for n, p in self.named_parameters()
+                       if p.requires_grad and _is_adapter_key(n)} - {None})
+
+    def add_adapter(self, name: str) -> None:
+        """Add a LoRA adapter ``name`` configured like ``model.peft``; it starts inactive and frozen (activate it
+        with :meth:`use_adapters`). Every other parameter keeps its ``requires_grad``."""
+        peft_model = self._require_peft("add_adapter")
+        if name in peft_model.peft_config:
+            raise ValueError(f"adapter {name!r} already exists (adapters: {self.adapter_names}).")
+        with self._keep_requires_grad():
+            peft_model.add_adapter(name, self._new_peft_config())
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove adapter ``name`` (if it was active, the remaining active ones stay active)."""
+        peft_model = self._require_peft("delete_adapter")
+        with self._keep_requires_grad():
+            peft_model.delete_adapter(name)
+
+    def use_adapters(self, active: Sequence[str], trainable: Iterable[str] = ()) -> None:
+        """Apply the adapters ``active`` in the forward pass and train those in ``trainable`` (a subset); every
+        other adapter is frozen. Unlike peft's ``set_adapter``, nothing else changes ``requires_grad``."""
+        peft_model = self._require_peft("use_adapters")
+        active, trainable = list(active), set(trainable)
+        unknown = sorted((set(active) | trainable) - set(peft_model.peft_config))
+        if unknown or not active or not trainable <= set(active):
+            raise ValueError(f"use_adapters: active={active}, trainable={sorted(trainable)} must be non-empty, "
+                             f"known adapters ({self.adapter_names}), trainable a subset of active; bad: {unknown}.")
+        with self._keep_requires_grad(adapters=False):
+            if list(peft_model.active_adapters) != active:
+                peft_model.base_model.set_adapter(active)
+                peft_model.active_adapter = active[0]
+            peft_model.base_model.set_requires_grad(self.adapter_names, False)
+            if trainable:
+                peft_model.base_model.set_requires_grad(sorted(trainable), True)
+
+    def mark_base_modified(self, names: Iterable[str]) -> None:
+        """Declare that the frozen base tensors ``names`` (parameter or state-dict names of this module) were
+        changed in place, e.g. by merging an adapter into them: adapter-only checkpoints then store them."""
+        self._modified.update(_plain_key(n) for n in names)
+
+    def _require_peft(self, what: str) -> Any:
+        if self.peft_model is None:
+            raise ClightConfigError(f"`{what}` needs a peft backbone: add `model.peft: {{r: 8, target_modules: "
+                                    "[query, value]}` to the config (or build the module with `peft=`).")
+        return self.peft_model
+
+    @contextmanager
+    def _keep_requires_grad(self, *, adapters: bool = True) -> Iterator[None]:
+        """Restore every parameter's ``requires_grad`` after a peft call that toggles them (new parameters start
+        frozen); with ``adapters=False`` the adapters' flags are left to the caller."""
+        before = {id(p): p.requires_grad for p in self.parameters()}
+        try:
+            yield
+        finally:
+            for name, p in self.named_parameters():
+                if adapters or not _is_adapter_key(name):
+                    p.requires_grad_(before.get(id(p), False))
+
+    # ---- adapter-only checkpoints ----------------------------------------------------------------------------
+    def _record_pristine_base(self) -> None:
+        """Remember the frozen base tensors as built: checkpoints leave them out (they are rebuilt from
+        ``model``/``config`` and the seed) unless :meth:`mark_base_modified` says they changed."""
+        trainable = {n for n, p in self.backbone.named_parameters() if p.requires_grad}
+        self._pristine = {_plain_key("backbone." + k) for k in self.backbone.state_dict()
+                          if k not in trainable and not _is_adapter_key(k)}
+        self._modified = set()
+
+    def _split_state(self, state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+        """``state`` without the unchanged frozen base tensors, and the keys left out."""
+        if not self._pristine:
+            return dict(state), []
+        trainable = {_plain_key(n) for n, p in self.named_parameters() if p.requires_grad}
+        kept, left_out = {}, []
+        for key, value in state.items():
+            plain = _plain_key(key)
+            if plain in self._pristine and plain not in self._modified and plain not in trainable:
+                left_out.append(key)
+            else:
+                kept[key] = value
+        return kept, left_out
+
+    def _base_meta(self, state: Mapping[str, Tensor], left_out: list[str]) -> dict[str, Any]:
+        return {
+            "left_out": [_plain_key(k) for k in left_out],
+            "fingerprint": _fingerprint([state[k] for k in left_out]),
+            "modified": sorted(self._modified),
+            "adapters": self.adapter_names,
+            "active": self.active_adapters,
+            "trainable": self.trainable_adapters,
+        }
+
+    def checkpoint_state(self) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+        """The weights to checkpoint (CPU tensors) and, for a peft module, what restores the rest.
+
+        A peft module leaves out its frozen base tensors as built (adapter-only checkpoints): the base is
+        rebuilt from ``model``/``config`` and the seed, checked against a per-tensor fingerprint on load.
+        Frozen tensors changed in place (:meth:`mark_base_modified`) are kept. Without peft: the full state.
+        """
+        full = self.state_dict()
+        kept, left_out = self._split_state(full)  # the left-out base never leaves the device
+        meta = self._base_meta(full, left_out) if self._pristine else None
+        return {k: v.detach().cpu() for k, v in kept.items()}, meta
+
+    def restore_checkpoint_state(self, state: Mapping[str, Tensor], meta: Mapping[str, Any] | None
+                                 ) -> dict[str, Tensor]:
+        """Rebuild the adapter structure a checkpoint was written with and return its full state dict (left-out
+        base tensors taken from this module after checking their fingerprint), ready for ``load_state_dict``."""
+        if meta is None:
+            return dict(state)
+        if self.peft_model is not None:
+            self._sync_adapters(list(meta["adapters"]), list(meta["active"]), list(meta["trainable"]))
+        self._modified = set(meta["modified"])
+        current = self.state_dict()
+        by_plain = {_plain_key(k): k for k in current}
+        missing = [k for k in meta["left_out"] if k not in by_plain]
+        if missing:
+            raise ClightConfigError(
+                f"the checkpoint leaves out base tensors this module does not have ({missing[:3]}...): resume "
+                "with the `model`/`config` and `peft` of the original run."
+            )
+        keys = [by_plain[k] for k in meta["left_out"]]
+        now = _fingerprint([current[k] for k in keys])
+        saved = meta["fingerprint"].to(torch.float64)
+        bad = ((now[:, 0] - saved[:, 0]).abs() > 1e-6 * saved[:, 1] + 1e-12) | \
+              ((now[:, 1] - saved[:, 1]).abs() > 1e-6 * saved[:, 1] + 1e-12)
+        if bool(bad.any()):
+            names = [meta["left_out"][i] for i in bad.nonzero().flatten().tolist()]
+            raise ClightConfigError(
+                f"the frozen base weights rebuilt for this run differ from those the checkpoint was trained on "
+                f"({len(names)} tensors, e.g. {names[:2]}): a checkpoint of a peft run stores only what training "
+                "changed. Resume with the original `model`/`config` and `seed_everything` (a config-built base is "
+                "drawn from the seed); a callback that changes frozen weights in place must call "
+                "`module.mark_base_modified(names)`."
+            )
+        full = dict(state)
+        for key in keys:
+            full[key] = current[key].detach()
+        return full
+
+    def _sync_adapters(self, names: list[str], active: list[str], trainable: list[str]) -> None:
+        for name in names:
+            if name not in self.adapter_names:
+                self.add_adapter(name)
+        if active:
+            self.use_adapters(active, trainable)
+        for name in [n for n in self.adapter_names if n not in names]:
+            self.delete_adapter(name)
+
     # ---- exact resume: random state travels with Lightning's mid-task checkpoint ----------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._pristine and not (self._trainer is not None and is_sharded(self.trainer.strategy)):
+            kept, left_out = self._split_state(checkpoint["state_dict"])  # adapter-only mid-task checkpoint
+            checkpoint["clight_base"] = self._base_meta(checkpoint["state_dict"], left_out)
+            checkpoint["state_dict"] = kept
         checkpoint["clight_rng"] = {
             "torch": torch.get_rng_state(),
             "python": _python_state_to_plain(random.getstate()),
@@ -329,6 +532,8 @@ class ContinualModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "clight_base" in checkpoint:  # runs before Lightning loads checkpoint["state_dict"] (strictly)
+            checkpoint["state_dict"] = self.restore_checkpoint_state(checkpoint["state_dict"], checkpoint["clight_base"])
         state = checkpoint.get("clight_rng")
         if state is None:
             return
@@ -370,6 +575,36 @@ def causal_lm_nll(logits: Tensor, labels: Tensor) -> Tensor:
                 parts.append(_token_nll(rows, targets))
         nll = torch.cat(parts)
     return nll.view(batch, width)[:, :-1]
+
+
+def _plain_key(key: str) -> str:
+    """A state-dict key without ``torch.compile``'s wrapper segment."""
+    return key.replace("_orig_mod.", "")
+
+
+_ADAPTER_SEGMENT = re.compile(r"\.lora_(?:A|B|embedding_A|embedding_B|magnitude_vector)\.([^.]+)")
+
+
+def _is_adapter_key(key: str) -> bool:
+    return _ADAPTER_SEGMENT.search(key) is not None
+
+
+def _adapter_of(key: str) -> str | None:
+    found = _ADAPTER_SEGMENT.search(key)
+    return found.group(1) if found else None
+
+
+@torch.no_grad()
+def _fingerprint(tensors: Sequence[Tensor]) -> Tensor:
+    """Per tensor ``[sum, L2 norm]`` in float64 on the CPU, ``(K, 2)``: enough to tell a rebuilt base from
+    another one (another seed, another model) without storing it."""
+    rows = []
+    for t in tensors:
+        t = t.detach()
+        if not t.is_floating_point():
+            t = t.double()
+        rows.append(torch.stack([t.sum(dtype=torch.float64), torch.linalg.vector_norm(t, dtype=torch.float64)]))
+    return torch.stack(rows).cpu() if rows else torch.zeros(0, 2, dtype=torch.float64)
 
 
 def _python_state_to_plain(state: tuple) -> list:

@@ -3,6 +3,9 @@ checkpoint after every task, the task x task result matrix at the end."""
 
 from __future__ import annotations
 
+import datetime
+import os
+import platform
 import resource
 import shutil
 import time
@@ -11,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning
 import lightning.pytorch as pl
 import torch
+import transformers
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 
 from clight.callback import ContinualCallback
@@ -125,16 +130,7 @@ class StreamRunner:
 
     # ---- setup ------------------------------------------------------------------------------------------
     def _prepare(self, module: pl.LightningModule, datamodule: Any) -> None:
-        if getattr(datamodule, "tokenizer_path", "") is None and getattr(module, "model_path", None) is not None:
-            datamodule.tokenizer_path = str(module.model_path)
-        datamodule.prepare_stream()
-        if hasattr(module, "configure_stream"):
-            tokenizer = getattr(datamodule, "tokenizer", None)
-            module.configure_stream(
-                num_classes=getattr(datamodule, "num_classes", None),
-                task_classes=getattr(datamodule, "task_classes", None),
-                vocab_size=len(tokenizer) if tokenizer is not None else None,
-            )
+        prepare_stream(module, datamodule)
         keys = [getattr(cb, "state_key", type(cb).__qualname__) for cb in self._continual_callbacks()]
         dupes = sorted({k for k in keys if keys.count(k) > 1})
         if dupes:
@@ -175,7 +171,7 @@ class StreamRunner:
                 f"checkpoint tasks {saved['stream'].get('tasks')}, config tasks {expected['tasks']}). Resume "
                 "with the original data and task list, or start a new `stream.run_dir`."
             )
-        module.load_state_dict(saved["module"])
+        load_module_state(module, saved["module"], saved.get("module_base"))
         for cb in self._continual_callbacks():
             key = getattr(cb, "state_key", type(cb).__qualname__)
             if key not in saved["callbacks"]:
@@ -267,12 +263,13 @@ class StreamRunner:
                     ) -> None:
         if trainer.is_global_zero:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            module_state, module_base = module_checkpoint_state(module)
             payload = {
                 "format_version": FORMAT_VERSION,
                 "stream": datamodule.fingerprint(),
                 "completed": state["completed"], "initial_done": state["initial_done"],
                 "step_offset": state["step_offset"], "timing": state["timing"],
-                "module": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+                "module": module_state, "module_base": module_base,
                 "callbacks": {getattr(cb, "state_key", type(cb).__qualname__): cb.state_dict()
                               for cb in self._continual_callbacks()},
                 "matrices": {m: mat.state_dict() for m, mat in state["matrices"].items()},
@@ -302,7 +299,10 @@ class StreamRunner:
                 "wall_seconds_this_process": seconds,
             },
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_memory_mb": (torch.cuda.max_memory_allocated() / 2**20
+                                   if torch.cuda.is_available() and torch.cuda.is_initialized() else None),
             "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
+            "environment": environment(),
         }
 
     def _write_config(self) -> None:
@@ -328,6 +328,53 @@ class StreamRunner:
         for metric in results["matrices"]:
             print(format_summary_table(results["matrices"][metric]))
         print(f"results: {self.run_dir / 'results.json'}  ·  tensorboard --logdir {self.run_dir / 'tensorboard'}")
+
+
+def environment() -> dict[str, Any]:
+    """Where a run ran (for benchmark tables): library versions, CPU count and model, GPU name, finish time."""
+    cpu_model = platform.processor() or None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu_model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu_model)
+    except OSError:
+        pass
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__,
+        "transformers": transformers.__version__, "platform": platform.platform(terse=True),
+        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_model": cpu_model,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+        "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def prepare_stream(module: pl.LightningModule, datamodule: Any) -> None:
+    """Read and tokenize the stream and size the module for it (what the runner does before the first task)."""
+    if getattr(datamodule, "tokenizer_path", "") is None and getattr(module, "model_path", None) is not None:
+        datamodule.tokenizer_path = str(module.model_path)
+    datamodule.prepare_stream()
+    if hasattr(module, "configure_stream"):
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        module.configure_stream(
+            num_classes=getattr(datamodule, "num_classes", None),
+            task_classes=getattr(datamodule, "task_classes", None),
+            vocab_size=len(tokenizer) if tokenizer is not None else None,
+        )
+
+
+def module_checkpoint_state(module: pl.LightningModule) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The module's weights for the stream checkpoint (CPU tensors): adapter-only for a peft
+    :class:`~clight.module.ContinualModule` (see its ``checkpoint_state``), else the full state dict."""
+    if hasattr(module, "checkpoint_state"):
+        return module.checkpoint_state()
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}, None
+
+
+def load_module_state(module: pl.LightningModule, state: dict[str, torch.Tensor], base: dict[str, Any] | None) -> None:
+    """Load what :func:`module_checkpoint_state` wrote (rebuilding adapters and checking the rebuilt base)."""
+    if hasattr(module, "restore_checkpoint_state"):
+        state = module.restore_checkpoint_state(state, base)
+    module.load_state_dict(state)
 
 
 def seen_summary(matrix: ResultMatrix) -> dict[str, float | None]:

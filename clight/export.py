@@ -1,0 +1,157 @@
+"""Export a trained :class:`~clight.module.ContinualModule` in Hugging Face format (``save_pretrained``,
+safetensors), loadable with plain ``transformers`` / ``peft``; and rebuild the module of a finished run.
+
+Layout of an export folder::
+
+    model/              transformers folder (config, model.safetensors, tokenizer): the merged model, or the
+                        base the adapters apply to (the base as trained: ChainOfLoRA's merges are in it)
+    adapters/           without --merge, peft runs only: ``save_pretrained`` of the adapters (peft's layout:
+                        ``default`` at the top, any other adapter in ``adapters/<name>/``)
+    head.safetensors    classification only: the linear head (``weight`` (C, H), ``bias`` (C,))
+    export.json         what was written: adapters and their folders, the pooling, class names, task classes
+
+Classification logits are ``head(mean over non-padding tokens of last_hidden_state)``, not an HF
+``*ForSequenceClassification`` head (those pool differently, so they would not give the same logits)::
+
+    from transformers import AutoModel, AutoTokenizer
+    from safetensors.torch import load_file
+    enc = AutoModel.from_pretrained("out/model", add_pooling_layer=False)   # BERT-style: the pooler is unused
+    # peft export: enc = peft.PeftModel.from_pretrained(enc, "out/adapters")  (or "out/adapters/task_2")
+    head = load_file("out/head.safetensors")
+    hidden = enc(**batch).last_hidden_state                                   # (B, T, H)
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    logits = ((hidden * mask).sum(1) / mask.sum(1)) @ head["weight"].T + head["bias"]
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clight.errors import ClightConfigError
+from clight.module import ContinualModule
+from clight.runner import STREAM_CHECKPOINT, load_module_state, prepare_stream
+
+EXPORT_FORMAT = "clight-export-1"
+
+
+def export_module(
+    module: ContinualModule,
+    out_dir: str | Path,
+    *,
+    merge: bool = False,
+    adapters: Sequence[str] | None = None,
+    tokenizer: Any = None,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Write ``module`` to ``out_dir`` in Hugging Face format and return the manifest (``export.json``).
+
+    Args:
+        module: a configured module (``configure_stream`` done, weights loaded).
+        out_dir: the export folder (created; existing files of the same names are overwritten).
+        merge: peft modules: merge the adapters into the weights and write a plain ``transformers`` model;
+            otherwise write the base and the adapters separately. Ignored without peft.
+        adapters: peft modules: the adapters to export (merged: the adapters to merge, default the active ones;
+            unmerged: default all).
+        tokenizer: saved beside the model when given.
+        class_names: class names of the head's rows (written to ``export.json``).
+    """
+    from safetensors.torch import save_file
+
+    if module.backbone is None:
+        raise ClightConfigError("export: the module has no backbone yet; call `configure_stream` first.")
+    out = Path(out_dir)
+    (out / "model").mkdir(parents=True, exist_ok=True)
+    manifest: dict[str, Any] = {"format": EXPORT_FORMAT, "task": module.task, "model": "model", "merged": False,
+                                "adapters": {}, "active_adapters": []}
+    peft_model = module.peft_model
+    backbone = getattr(module.backbone, "_orig_mod", module.backbone)
+    if peft_model is None:
+        backbone.save_pretrained(out / "model", safe_serialization=True)
+    else:
+        names = list(adapters) if adapters is not None else None
+        unknown = sorted(set(names or []) - set(module.adapter_names))
+        if unknown:
+            raise ClightConfigError(f"export `--adapter`: {unknown} not in the run's adapters {module.adapter_names}.")
+        peft_copy = copy.deepcopy(peft_model).cpu()
+        if merge:
+            names = names or module.active_adapters
+            left = [n for n in module.adapter_names if n not in names]
+            if adapters is None and left:
+                raise ClightConfigError(
+                    f"export `--merge`: the run has adapters {module.adapter_names} of which {module.active_adapters} "
+                    f"are active (one per task, e.g. LoRAPerTask); merging would drop {left}. Pass `--adapter NAME` "
+                    "for one merged model per task, or export without `--merge` to keep every adapter."
+                )
+            plain = peft_copy.merge_and_unload(adapter_names=names)
+            manifest.update(merged=True, merged_adapters=names)
+        else:
+            names = names or module.adapter_names
+            peft_copy.save_pretrained(out / "adapters", selected_adapters=names, safe_serialization=True)
+            manifest["adapters"] = {n: "adapters" if n == "default" else f"adapters/{n}" for n in names}
+            manifest["active_adapters"] = [n for n in module.active_adapters if n in names]
+            plain = peft_copy.unload()
+        plain.save_pretrained(out / "model", safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out / "model")
+    if module.task == "classification":
+        head = module.head
+        tensors = {"weight": head.weight.detach().cpu().contiguous()}
+        if head.bias is not None:
+            tensors["bias"] = head.bias.detach().cpu().contiguous()
+        save_file(tensors, str(out / "head.safetensors"))
+        manifest.update(
+            head="head.safetensors", pooling="mean", hidden_size=head.in_features, num_classes=head.out_features,
+            classes=list(class_names) if class_names is not None else None, task_classes=module.task_classes,
+        )
+    (out / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def load_run(run_dir: str | Path) -> tuple[ContinualModule, Any, dict[str, Any]]:
+    """Rebuild the module of a ``clight fit`` run from ``run_dir/config.yaml`` and load the weights of its last
+    finished task from ``run_dir/stream.pt``. Returns ``(module, datamodule, stream checkpoint)``.
+
+    Data paths in the config are relative to where the run was started: call this from the same folder. The
+    module is built on the CPU; a config-built base is rebuilt from the config's seed (checked on load)."""
+    from clight.cli import ContinualCLI
+
+    run = Path(run_dir)
+    config, checkpoint = run / "config.yaml", run / STREAM_CHECKPOINT
+    for path in (config, checkpoint):
+        if not path.exists():
+            raise ClightConfigError(f"{str(path)!r} does not exist: give the `stream.run_dir` of a `clight fit` run.")
+
+    class _Build(ContinualCLI):
+        def fit(self, model: Any, datamodule: Any = None, **_: Any) -> None:
+            self.built = (model, datamodule)
+
+    with warnings.catch_warnings():  # a script calling this has its own sys.argv, which LightningCLI warns about
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        cli = _Build(args=["fit", "-c", str(config), "--trainer.accelerator=cpu", "--trainer.devices=1",
+                           "--trainer.strategy=auto", "--trainer.callbacks=[]", "--trainer.logger=false",
+                           "--trainer.num_nodes=1"])
+    module, datamodule = cli.built
+    prepare_stream(module, datamodule)
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    load_module_state(module, saved["module"], saved.get("module_base"))
+    return module, datamodule, saved
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool = False,
+               adapters: Sequence[str] | None = None) -> dict[str, Any]:
+    """:func:`load_run` then :func:`export_module` (with the stream's tokenizer and class names)."""
+    module, datamodule, saved = load_run(run_dir)
+    manifest = export_module(module, out_dir, merge=merge, adapters=adapters,
+                             tokenizer=getattr(datamodule, "tokenizer", None),
+                             class_names=getattr(datamodule, "classes", None))
+    stages = list(getattr(datamodule, "stage_names", []))
+    manifest.update(run_dir=str(run_dir), completed_stages=stages[: int(saved["completed"])], stages=stages)
+    (Path(out_dir) / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
