@@ -1,14 +1,18 @@
 """Run a list of configs (methods) over the same stream and seeds, and tabulate what each costs and saves.
 
-Every cell is one `clight fit` run in its own run directory; finished cells (with results.json) are skipped, so
-an interrupted benchmark resumes. The table gives, per method, the final average of the headline metric, BWT,
-FWT, average forgetting (also for task-IL accuracy when the stream has it), the gap closed between the `naive`
-and `joint` methods, train seconds, seconds per optimizer step and its ratio to `naive` (same invocation, same
-machine), peak RSS and the stream-checkpoint size. With several seeds: mean ± std.
+Every cell is one `clight fit` run in its own run directory `<out>/<method>/seed<k>`; finished cells (with
+results.json) are skipped and a cell killed mid-stream resumes from its stream checkpoint, so an interrupted
+benchmark continues where it stopped. The table gives, per method, the final average of the headline metric,
+BWT, FWT, average forgetting (also for task-IL accuracy when the stream has it), the gap closed between the
+`naive` and `joint` methods, optimizer steps, train seconds, seconds per optimizer step and its ratio to `naive`
+(same invocation, same machine), peak RSS (and peak GPU memory when the runs used a GPU) and the
+stream-checkpoint size. With several seeds: mean ± std. A failing cell is reported and the others still run.
 
     python tools/bench.py configs/naive.yaml configs/joint.yaml --out runs/bench
     python tools/bench.py configs/naive.yaml configs/joint.yaml configs/replay.yaml --seeds 0 1 --out runs/bench \
         -- --trainer.max_epochs 1        # arguments after `--` go to every run
+
+Render the cells as an HTML page with heatmaps and curves: `python tools/report.py runs/bench --out report.html`.
 """
 
 from __future__ import annotations
@@ -16,109 +20,92 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from clight.reporting import compare_methods, comparison_markdown, load_run, summarize_runs
 
-def run_cell(config: Path, seed: int, run_dir: Path, extra: list[str]) -> dict[str, Any]:
+
+def run_cell(config: Path, seed: int, run_dir: Path, extra: Sequence[str]) -> dict[str, Any] | None:
+    """Runs one (config, seed) cell unless it already finished; returns its results, or None if it failed."""
     results = run_dir / "results.json"
     if not results.exists():
+        resume = (run_dir / "stream.pt").exists()  # killed mid-stream: continue from the stream checkpoint
         cmd = [sys.executable, "-m", "clight", "fit", "-c", str(config), "--seed_everything", str(seed),
-               "--stream.run_dir", str(run_dir), "--stream.overwrite", "true", "--trainer.enable_progress_bar",
-               "false", *extra]
+               "--stream.run_dir", str(run_dir), *(["--stream.resume", "true"] if resume else
+                                                   ["--stream.overwrite", "true"]),
+               "--trainer.enable_progress_bar", "false", *extra]
         print("$", " ".join(cmd), flush=True)
         log = run_dir.parent / f"{run_dir.name}.log"
         run_dir.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("w") as fh:
+        with log.open("a" if resume else "w") as fh:
             proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        if proc.returncode != 0:
-            raise SystemExit(f"{config} (seed {seed}) failed with exit code {proc.returncode}; see {log}")
-    data = json.loads(results.read_text())
-    ckpt = run_dir / "stream.pt"
-    data["checkpoint_mb"] = ckpt.stat().st_size / 2**20 if ckpt.exists() else None
-    return data
+        if proc.returncode != 0 or not results.exists():
+            print(f"FAILED: {config} (seed {seed}) exited with code {proc.returncode}; see {log}", flush=True)
+            return None
+    return load_run(run_dir)
 
 
-def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None, None
-    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+def run_bench(configs: Sequence[Path], seeds: Sequence[int], out: Path, extra: Sequence[str] = (), *,
+              naive: str | None = "naive", joint: str | None = "joint"
+              ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Runs every (config, seed) cell and writes `<out>/table.md` and `<out>/table.json`.
+
+    Returns:
+        The comparison rows (method name = config file stem, in the order given) and the failed cells.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    failed: list[str] = []
+    for config in configs:
+        cells = []
+        for seed in seeds:
+            cell = run_cell(config, seed, out / config.stem / f"seed{seed}", extra)
+            if cell is None:
+                failed.append(f"{config.stem}/seed{seed}")
+            else:
+                cells.append(cell)
+        if cells:
+            rows[config.stem] = summarize_runs(cells)
+    rows = compare_methods(rows, naive=naive, joint=joint)
+    out.mkdir(parents=True, exist_ok=True)
+    if rows:
+        (out / "table.md").write_text(comparison_markdown(rows) + "\n")
+    (out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return rows, failed
 
 
-def summarize_method(cells: list[dict[str, Any]]) -> dict[str, Any]:
-    primary = cells[0]["primary_metric"]
-    row: dict[str, Any] = {"metric": primary, "seeds": len(cells)}
-    for metric in cells[0]["summary"]:
-        for key in ("average", "bwt", "fwt", "forgetting"):
-            row[f"{metric}/{key}"] = _mean_std([c["summary"][metric][key] for c in cells])
-    row["train_seconds"] = _mean_std([c["timing"]["train_seconds"] for c in cells])
-    row["seconds_per_step"] = _mean_std([c["timing"]["seconds_per_step"] for c in cells])
-    row["peak_rss_mb"] = _mean_std([c["peak_rss_mb"] for c in cells])
-    row["checkpoint_mb"] = _mean_std([c["checkpoint_mb"] for c in cells])
-    return row
-
-
-def _fmt(ms: tuple[float | None, float | None] | None, digits: int = 3) -> str:
-    if ms is None or ms[0] is None:
-        return "—"
-    mean, std = ms
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std else "")
-
-
-def table(rows: dict[str, dict[str, Any]]) -> str:
-    first = next(iter(rows.values()))
-    primary = first["metric"]
-    metrics = sorted({k.split("/")[0] for r in rows.values() for k in r if "/" in k}, key=lambda m: m != primary)
-    naive, joint = rows.get("naive"), rows.get("joint")
-    header = ["method"]
-    for m in metrics:
-        header += [f"{m} avg", f"{m} BWT", f"{m} FWT", f"{m} forgetting"]
-    header += ["gap closed", "train s", "s/step", "× naive", "peak RSS MB", "ckpt MB"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, r in rows.items():
-        cells = [name]
-        for m in metrics:
-            cells += [_fmt(r.get(f"{m}/{k}")) for k in ("average", "bwt", "fwt", "forgetting")]
-        gap = "—"
-        key = f"{primary}/average"
-        if naive and joint and r[key][0] is not None and joint[key][0] != naive[key][0]:
-            gap = f"{(r[key][0] - naive[key][0]) / (joint[key][0] - naive[key][0]):.2f}"
-        ratio = "—"
-        if naive and r["seconds_per_step"][0] and naive["seconds_per_step"][0]:
-            ratio = f"{r['seconds_per_step'][0] / naive['seconds_per_step'][0]:.2f}"
-        cells += [gap, _fmt(r["train_seconds"], 0), _fmt(r["seconds_per_step"]), ratio,
-                  _fmt(r["peak_rss_mb"], 0), _fmt(r["checkpoint_mb"], 1)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def main() -> None:
-    argv = sys.argv[1:]
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("configs", nargs="+", type=Path, help="configs to compare; name them naive.yaml / "
-                        "joint.yaml for the gap-closed column")
+    parser.add_argument("configs", nargs="+", type=Path, help="configs to compare; the method name is the file "
+                        "stem (naive.yaml -> naive)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--naive", default="naive", help="method that is the lower bound for `gap closed` and the "
+                        "reference of `× naive` (default: naive)")
+    parser.add_argument("--joint", default="joint", help="method that is the upper bound for `gap closed` "
+                        "(default: joint)")
     args = parser.parse_args(argv)
     for config in args.configs:
         if not config.is_file():
             parser.error(f"config {str(config)!r} does not exist")
-    rows = {}
-    for config in args.configs:
-        cells = [run_cell(config, seed, args.out / config.stem / f"seed{seed}", extra) for seed in args.seeds]
-        rows[config.stem] = summarize_method(cells)
-    text = table(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table.md").write_text(text + "\n")
-    (args.out / "table.json").write_text(json.dumps(rows, indent=2))
-    print(text)
+    stems = [c.stem for c in args.configs]
+    if len(set(stems)) != len(stems):
+        parser.error(f"two configs share a file name {sorted({s for s in stems if stems.count(s) > 1})}; the "
+                     "file stem names the method and its run directory, so rename one")
+    rows, failed = run_bench(args.configs, args.seeds, args.out, extra, naive=args.naive, joint=args.joint)
+    if rows:
+        print(comparison_markdown(rows))
+    if failed:
+        print(f"{len(failed)} cell(s) failed: {', '.join(failed)} (logs beside their run directories)")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
