@@ -3,8 +3,17 @@
 from clight.callback import ContinualCallback
 from clight.callbacks.agem import AGEM
 from clight.callbacks.der import DarkExperienceReplay
+from clight.callbacks.distillation import Distillation, FeatureDistillation
+from clight.callbacks.ewc import EWC
+from clight.callbacks.l2_anchor import L2Anchor
+from clight.callbacks.mas import MAS
 from clight.callbacks.memory import ExampleMemory
+from clight.callbacks.regularization import QuadraticPenalty
 from clight.callbacks.rehearsal import MemoryCallback
 from clight.callbacks.replay import Replay
+from clight.callbacks.si import SI
 
-__all__ = ["AGEM", "ContinualCallback", "DarkExperienceReplay", "ExampleMemory", "MemoryCallback", "Replay"]
+__all__ = [
+    "AGEM", "ContinualCallback", "DarkExperienceReplay", "Distillation", "EWC", "ExampleMemory",
+    "FeatureDistillation", "L2Anchor", "MAS", "MemoryCallback", "QuadraticPenalty", "Replay", "SI",
+]
