@@ -1,0 +1,333 @@
+"""GradientMask: keep chosen parameter entries from moving — small gradients (GMT), entries important to
+earlier tasks, or the sparse regions that earlier tasks changed most."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from clight.callback import ContinualCallback
+from clight.callbacks.freezing import head_names
+from clight.callbacks.rehearsal import check_arg
+from clight.errors import ClightConfigError
+from clight.functional.masking import (
+    magnitude_thresholds,
+    normalize_name,
+    pack_bits,
+    topk_mask,
+    topk_masks,
+    unpack_bits,
+)
+from clight.task import TaskInfo
+
+Mode = Literal["magnitude", "importance", "sparse"]
+Scope = Literal["tensor", "global"]
+Importance = Literal["fisher", "path"]
+
+
+class GradientMask(ContinualCallback):
+    """Mask parameter entries out of every optimizer step, so that masked weights stay bit-identical.
+
+    Modes (``fraction`` is always the share of entries masked):
+
+    - ``magnitude`` — Gradient-Mask Tuning (Li et al. 2024): at every optimizer step the ``fraction`` of entries
+      with the smallest accumulated ``|gradient|`` (per tensor, or over all tensors with ``scope: global``) are
+      masked. The threshold is the matching order statistic of an evenly strided sample of at most
+      ``sample_size`` entries (exact for smaller tensors); ties and zero gradients are masked too, so an entry
+      whose gradient is exactly zero never moves in this mode (no weight decay on unused embedding rows).
+    - ``importance`` — protect what mattered to earlier tasks: during each task the importance of every entry
+      is accumulated (``fisher``: the mean squared gradient; ``path``: ``Σ |g · Δθ|`` over the steps, as in
+      synaptic intelligence), normalized by its maximum and added to a running importance at task end; from the
+      next task on, the top ``fraction`` of the running importance is masked.
+    - ``sparse`` — skill localization / sparse fine-tuning (Panigrahi et al. 2023; Ansell et al. 2022): at each
+      task end the ``fraction`` of still-free entries that the task changed most (``|θ_end − θ_start|``) become
+      that task's region, and the union of all earlier regions is masked on later tasks, so every task's skill
+      sits in its own sparse region. With ``reset: true`` the task's changes outside its region are undone at task
+      end, which makes each task's update sparse (composable, as in LT-SFT) at some cost in its accuracy.
+
+    A masked entry must not move at all, and zeroing its gradient is not enough: AdamW's decoupled weight decay
+    and the momentum of earlier steps would still move it. So the masked gradient entries are zeroed in
+    ``on_before_optimizer_step`` (after gradient accumulation, AMP unscaling and the DDP all-reduce, before
+    clipping, so neither the gradient norm nor Adam's moments see them), the masked weights are stashed, and an
+    ``optimizer.register_step_post_hook`` writes them back right after ``optimizer.step()``. Works with any
+    optimizer. DDP: gradients are already all-reduced and task-end statistics are computed on the CPU from
+    identical inputs with deterministic tie-breaking, so every rank holds the same masks.
+
+    The classification head is left out (new classes arrive every task) unless ``include_head: true``.
+    Checkpoint: fixed masks are stored bit-packed (uint8), the running importance in bfloat16; the current
+    task's importance accumulator (``importance``) or its start weights (``sparse``) travel in float32 only in
+    mid-task checkpoints. Cost per step: ``magnitude`` ≈ four passes over the trainable weights (threshold,
+    gradient zeroing, stash, restore); ``importance``/``sparse`` touch only the masked entries (by index), plus
+    one pass for the ``fisher`` accumulator; ``path`` adds a full stash and three passes.
+
+    Args:
+        mode: ``magnitude``, ``importance`` or ``sparse`` (above).
+        fraction: share of entries masked, in (0, 1): per step (``magnitude``), of the running importance
+            (``importance``), or each task's new region (``sparse``).
+        scope: ``tensor`` (the fraction of every parameter tensor) or ``global`` (of all entries together).
+        importance: ``fisher`` or ``path`` (mode ``importance`` only).
+        reset: undo each task's changes outside its region at task end (mode ``sparse`` only).
+        include_head: mask the classification head's entries too.
+        sample_size: entries sampled per tensor (``scope: global``: in all) for the magnitude threshold.
+
+    Example (YAML)::
+
+        trainer:
+          callbacks:
+            - class_path: clight.callbacks.GradientMask
+              init_args: {mode: importance, fraction: 0.2, importance: fisher}
+    """
+
+    sharded_reason = ("its masks, thresholds and stashed weights are kept per full parameter tensor, which a sharded "
+                      "strategy splits across ranks; use `FreezeParameters` or `HalfFineTuning` there")
+
+    def __init__(
+        self,
+        *,
+        mode: Mode = "magnitude",
+        fraction: float = 0.2,
+        scope: Scope = "tensor",
+        importance: Importance = "fisher",
+        reset: bool = False,
+        include_head: bool = False,
+        sample_size: int = 16384,
+    ) -> None:
+        super().__init__()
+        fix = "See the `GradientMask` docstring."
+        check_arg(mode in get_args(Mode), "mode", f"one of {list(get_args(Mode))}", mode, fix)
+        check_arg(isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction < 1,
+                  "fraction", "a number in (0, 1)", fraction, "E.g. `fraction: 0.2` masks a fifth of the entries.")
+        check_arg(scope in get_args(Scope), "scope", f"one of {list(get_args(Scope))}", scope, fix)
+        check_arg(importance in get_args(Importance), "importance", f"one of {list(get_args(Importance))}",
+                  importance, fix)
+        check_arg(isinstance(reset, bool), "reset", "true or false", reset, fix)
+        check_arg(not reset or mode == "sparse", "reset", "false unless `mode: sparse`", reset,
+                  "Remove `reset` or use `mode: sparse`.")
+        check_arg(isinstance(include_head, bool), "include_head", "true or false", include_head, fix)
+        check_arg(isinstance(sample_size, int) and not isinstance(sample_size, bool) and sample_size >= 16,
+                  "sample_size", "an integer >= 16", sample_size, "The default 16384 is accurate to ~1%.")
+        self.mode, self.fraction, self.scope, self.importance = mode, float(fraction), scope, importance
+        self.reset, self.include_head, self.sample_size = reset, include_head, sample_size
+        self.masks: dict[str, Tensor] = {}  # fixed masks (importance, sparse): bool, CPU, parameter shape
+        self.running: dict[str, Tensor] = {}  # running importance: bfloat16, CPU
+        self._acc: dict[str, Tensor] = {}  # this task's importance accumulator (device during training)
+        self._acc_steps, self._acc_task = 0, -1
+        self._start: dict[str, Tensor] = {}  # sparse: this task's start weights (float32, CPU)
+        self._start_task = -1
+        self.steps = 0  # masked optimizer steps over the stream
+        # per-fit device state
+        self._scope: list[tuple[str, nn.Parameter]] = []
+        self._index: dict[str, Tensor] = {}  # fixed masks as sorted flat indices on the device
+        self._buffers: dict[str, Tensor] = {}  # stash buffers
+        self._flags: dict[str, Tensor] = {}  # magnitude: "gradient is zero" buffers
+        self._dense: dict[str, Tensor] = {}  # path importance: the weights before the step
+        self._handles: list[Any] = []
+        self._armed: tuple[str, list[Any]] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(mode=self.mode, fraction=self.fraction, scope=self.scope,
+                                        importance=self.importance, reset=self.reset, include_head=self.include_head)
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and not pl_module.automatic_optimization:
+            raise ClightConfigError("`GradientMask` masks gradients in automatic optimization; the module uses "
+                                    "manual optimization. Mask in your own `training_step`, or remove the callback.")
+
+    def _in_scope(self, pl_module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        head = set() if self.include_head else head_names(pl_module)
+        out = []
+        for raw, p in pl_module.named_parameters():
+            name = normalize_name(raw)
+            if p.requires_grad and name not in head:
+                if not p.is_contiguous():
+                    raise ClightConfigError(f"`GradientMask` needs contiguous parameters; {name!r} is not.")
+                out.append((name, p))
+        return out
+
+    def on_task_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo) -> None:
+        # Runs again when a task resumes mid-way: the state loaded from the mid-task checkpoint is kept.
+        if self.mode == "sparse" and self._start_task != task.index:
+            self._start = {n: p.detach().float().cpu().clone() for n, p in self._in_scope(pl_module)}
+            self._start_task = task.index
+        if self.mode == "importance" and self._acc_task != task.index:
+            self._acc, self._acc_steps, self._acc_task = {}, 0, task.index
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._scope = self._in_scope(pl_module)
+        device = self._scope[0][1].device if self._scope else torch.device("cpu")
+        self._acc = {n: a.to(device) for n, a in self._acc.items()}
+        self._index, self._buffers, self._flags, self._dense, self._armed = {}, {}, {}, {}, None
+        masked = total = 0
+        for name, p in self._scope:
+            total += p.numel()
+            mask = self.masks.get(name)
+            if mask is None:
+                continue
+            index = mask.reshape(-1).nonzero().view(-1)
+            masked += index.numel()
+            if index.numel():
+                self._index[name] = index.to(device)
+                self._buffers[name] = torch.empty(index.numel(), dtype=p.dtype, device=device)
+        for optimizer in trainer.optimizers:
+            self._handles.append(optimizer.register_step_post_hook(self._after_step))
+        if self.mode != "magnitude":
+            rank_zero_info(f"GradientMask[{self.mode}]: {masked}/{total} trainable entries masked "
+                           f"({masked / max(1, total):.1%})")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release()
+        super().on_train_end(trainer, pl_module)  # the task ends (task-end statistics) after the hooks are gone
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._armed = [], None
+        self._index, self._buffers, self._flags, self._dense, self._scope = {}, {}, {}, {}, []
+
+    # ---- every step -----------------------------------------------------------------------------------------
+    def _buffer(self, store: dict[str, Tensor], name: str, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        buf = store.get(name)
+        if buf is None or buf.shape != like.shape:
+            buf = store[name] = torch.empty_like(like, dtype=dtype)
+        return buf
+
+    @torch.no_grad()
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        self._armed = None
+        live = [(n, p) for n, p in self._scope if p.grad is not None]
+        if not live:
+            return
+        names = [n for n, _ in live]
+        params = [p for _, p in live]
+        grads = [p.grad for p in params]
+        if self.mode == "importance" and self.importance == "fisher":
+            accs = [self._acc_buffer(n, p) for n, p in live]
+            torch._foreach_addcmul_(accs, grads, grads)
+        if self.mode == "importance":
+            self._acc_steps += 1
+        if self.mode == "magnitude":
+            for g, lam in zip(grads, magnitude_thresholds(grads, self.fraction, self.scope, self.sample_size)):
+                if lam >= 0:
+                    torch.hardshrink(g, lam, out=g)  # g if |g| > λ else 0
+            stash = [self._buffer(self._buffers, n, p) for n, p in live]
+            torch._foreach_copy_(stash, params)
+            self._armed = ("magnitude", [names, params, grads, stash])
+            self.steps += 1
+            return
+        fixed = [(n, p) for n, p in live if n in self._index]
+        for n, p in fixed:
+            index = self._index[n]
+            p.grad.view(-1).index_fill_(0, index, 0)
+            torch.index_select(p.view(-1), 0, index, out=self._buffers[n])
+        dense = None
+        if self.mode == "importance" and self.importance == "path":
+            dense = [self._buffer(self._dense, n, p) for n, p in live]
+            torch._foreach_copy_(dense, params)
+        if fixed or dense is not None:
+            self._armed = ("fixed", [fixed, names, params, grads, dense])
+            self.steps += int(bool(fixed))
+
+    def _acc_buffer(self, name: str, p: Tensor) -> Tensor:
+        acc = self._acc.get(name)
+        if acc is None:
+            acc = self._acc[name] = torch.zeros_like(p, dtype=torch.float32)
+        return acc
+
+    @torch.no_grad()
+    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        armed, self._armed = self._armed, None
+        if armed is None:
+            return
+        kind, payload = armed
+        if kind == "magnitude":
+            names, params, grads, stash = payload
+            for n, p, g, s in zip(names, params, grads, stash):
+                flag = self._buffer(self._flags, n, g, torch.bool)
+                torch.eq(g, 0, out=flag)
+                torch.where(flag, s, p, out=p)
+            return
+        fixed, names, params, grads, dense = payload
+        for n, p in fixed:
+            p.view(-1).index_copy_(0, self._index[n], self._buffers[n])
+        if dense is not None:  # path importance: |g · Δθ| of this step, masked entries included (Δθ = 0)
+            torch._foreach_sub_(dense, params)  # θ_before − θ_after
+            torch._foreach_mul_(dense, grads)
+            torch._foreach_abs_(dense)
+            torch._foreach_add_([self._acc_buffer(n, p) for n, p in zip(names, params)], dense)
+
+    # ---- task end -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def on_task_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo) -> None:
+        if self.mode == "importance" and self._acc:
+            self._fold_importance()
+        elif self.mode == "sparse" and self._start:
+            self._fold_sparse(pl_module)
+
+    def _fold_importance(self) -> None:
+        names = list(self._acc)
+        task = [self._acc[n].float().cpu() / max(1, self._acc_steps) for n in names]
+        peak = max(float(t.max()) for t in task)  # max, not mean: exact whatever the reduction order
+        for n, t in zip(names, task):
+            if peak > 0:
+                t /= peak
+            previous = self.running.get(n)
+            self.running[n] = (t if previous is None else previous.float() + t).to(torch.bfloat16)
+        for n, m in zip(self.running, topk_masks(list(self.running.values()), self.fraction, self.scope)):
+            self.masks[n] = m
+        self._acc, self._acc_steps, self._acc_task = {}, 0, -1
+
+    def _fold_sparse(self, pl_module: nn.Module) -> None:
+        params = dict((normalize_name(n), p) for n, p in pl_module.named_parameters())
+        names = [n for n in self._start if n in params]
+        free = [~self.masks[n] if n in self.masks else torch.ones_like(self._start[n], dtype=torch.bool)
+                for n in names]
+        change = [(params[n].detach().float().cpu() - self._start[n]).abs().masked_fill_(~f, -1.0)
+                  for n, f in zip(names, free)]
+        if self.scope == "tensor":
+            regions = [topk_mask(c, min(round(self.fraction * c.numel()), int(f.sum()))) for c, f in zip(change, free)]
+        else:
+            flat = torch.cat([c.reshape(-1) for c in change])
+            k = min(round(self.fraction * flat.numel()), int(sum(int(f.sum()) for f in free)))
+            regions = [m.view(c.shape) for m, c in zip(topk_mask(flat, k).split([c.numel() for c in change]), change)]
+        for n, f, region in zip(names, free, regions):
+            region &= f
+            if self.reset:
+                p = params[n]
+                undo = (f & ~region).to(p.device)
+                p.copy_(torch.where(undo, self._start[n].to(device=p.device, dtype=p.dtype), p))
+            self.masks[n] = ~f | region
+        self._start, self._start_task = {}, -1
+
+    # ---- checkpointing --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "steps": self.steps,
+            "masks": {n: pack_bits(m) for n, m in self.masks.items()},
+            "mask_shapes": {n: list(m.shape) for n, m in self.masks.items()},
+            "running": {n: r.clone() for n, r in self.running.items()},
+            "acc": {n: a.detach().cpu().clone() for n, a in self._acc.items()},
+            "acc_steps": self._acc_steps, "acc_task": self._acc_task,
+            "start": {n: s.clone() for n, s in self._start.items()}, "start_task": self._start_task,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.steps = int(state_dict["steps"])
+        shapes = state_dict["mask_shapes"]
+        self.masks = {n: unpack_bits(bits, shapes[n]) for n, bits in state_dict["masks"].items()}
+        self.running = {n: r.clone() for n, r in state_dict["running"].items()}
+        self._acc = {n: a.clone() for n, a in state_dict["acc"].items()}
+        self._acc_steps, self._acc_task = int(state_dict["acc_steps"]), int(state_dict["acc_task"])
+        self._start = {n: s.clone() for n, s in state_dict["start"].items()}
+        self._start_task = int(state_dict["start_task"])
