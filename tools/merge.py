@@ -72,6 +72,11 @@ def load(spec: str) -> Loaded:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(payload, dict) or "module" not in payload:
             raise SystemExit(f"error: {str(path)!r} is not a clight stream checkpoint (no `module` weights)")
+        if payload.get("module_base") is not None:  # adapter-only: the frozen base is not in the file
+            raise SystemExit(f"error: {str(path)!r} is an adapter-only checkpoint of a peft run (it holds the "
+                             "adapters and head, not the base weights). Export the run first (`python tools/export.py "
+                             "RUN_DIR --out DIR` for base + adapter, `--merge` for merged weights) and merge the "
+                             "exported folders.")
         return Loaded("stream", dict(payload["module"]), path, payload)
     if path.is_dir() and (path / "adapter_config.json").exists():
         return Loaded("adapter", _read_folder_weights(path, "adapter_model"), path)
