@@ -3,6 +3,7 @@ checkpoint after every task, the task x task result matrix at the end."""
 
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 import platform
@@ -19,6 +20,7 @@ import lightning.pytorch as pl
 import torch
 import transformers
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
+from lightning.pytorch.strategies import Strategy
 
 from clight.callback import ContinualCallback
 from clight.errors import ClightConfigError
@@ -96,6 +98,10 @@ class StreamRunner:
         self.config_text = config_text
         self.run_dir = Path(self.options.run_dir)
         self.callbacks: list[Callback] = list(self.trainer_kwargs.pop("callbacks", None) or [])
+        # A strategy *instance* (e.g. `DDPStrategy(timeout=...)` from YAML) binds to the first Trainer that uses
+        # it; every task's fresh Trainer gets its own copy of the pristine instance.
+        strategy = self.trainer_kwargs.get("strategy")
+        self._strategy_template = copy.deepcopy(strategy) if isinstance(strategy, Strategy) else None
         if self.trainer_kwargs.get("logger") not in (None, True, False):
             raise ClightConfigError(
                 "`trainer.logger`: clight writes TensorBoard events itself (to `<run_dir>/tensorboard`, one "
@@ -189,6 +195,8 @@ class StreamRunner:
     # ---- one task -----------------------------------------------------------------------------------------
     def _trainer(self, datamodule: Any, *, label: str, extra: list[Callback], budget: Any = None) -> pl.Trainer:
         kwargs = dict(self.trainer_kwargs)
+        if self._strategy_template is not None:
+            kwargs["strategy"] = copy.deepcopy(self._strategy_template)
         callbacks = [*self.callbacks, *extra]
         if kwargs.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(TaskProgressBar(label))

@@ -61,17 +61,31 @@ def test_crash_and_resume_equivalence(case: Case, tmp_path: Path) -> None:
     assert_state_equal(ref_cb.state_dict(), resumed_cb.state_dict())
 
 
-@pytest.mark.ddp
-@pytest.mark.parametrize("case", PARAMS)
-def test_ddp_ranks_hold_identical_state(case: Case, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def ddp_runs(request: pytest.FixtureRequest,
+             tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The selected cases under 2-process CPU DDP, in one launched job (spawning and importing once, not per
+    case)."""
+    ids = [item.callspec.params["case"].id for item in request.session.items
+           if getattr(item, "originalname", "") == "test_ddp_ranks_hold_identical_state"]
+    out = tmp_path_factory.mktemp("ddp")
     script = Path(__file__).resolve().parents[1] / "ddp_harness_script.py"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("LOCAL_RANK", None)
-    proc = subprocess.run([sys.executable, str(script), case.id, str(tmp_path)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    proc = subprocess.run([sys.executable, str(script), str(out), *ids], env=env, capture_output=True, text=True,
+                          timeout=120 + 30 * len(ids))
+    return out, proc
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("case", PARAMS)
+def test_ddp_ranks_hold_identical_state(case: Case, ddp_runs: tuple[Path, subprocess.CompletedProcess]) -> None:
+    out, proc = ddp_runs
+    errors = sorted((out / case.id).glob("error-rank*.txt"))
+    assert not errors, "\n".join(e.read_text()[-3000:] for e in errors)
+    assert (out / case.id / "rank1.pt").exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    rank0 = torch.load(out / case.id / "rank0.pt", weights_only=True)
+    rank1 = torch.load(out / case.id / "rank1.pt", weights_only=True)
     assert_state_equal(rank0["callback"], rank1["callback"], "callback")
     assert_state_equal(rank0["module"], rank1["module"], "module")
     assert rank0["results"] == rank1["results"]
