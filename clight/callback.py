@@ -38,8 +38,9 @@ class ContinualCallback(Callback):
     rely on in ``required_capabilities`` (for example ``{"loss_terms"}``); a module that lacks one is rejected
     in ``setup`` with a clear error. A callback that works on sharded parameters (FSDP, DeepSpeed) sets
     ``supports_sharded = True`` (and says why in its docstring, with a test); every other callback refuses a
-    sharded strategy in ``setup``, naming the strategy and a way out (``sharded_reason`` says what it needs). ``on_task_start`` is dispatched from ``on_fit_start`` and runs again when a
-    task is resumed mid-way, so it must be idempotent; ``on_task_end`` is dispatched from ``on_train_end`` (the
+    sharded strategy in ``setup``, naming the strategy and a way out (``sharded_reason`` says what it needs).
+    ``on_task_start`` is dispatched from ``on_fit_start`` and runs again when a task is resumed mid-way, so it
+    must be idempotent; ``on_task_end`` is dispatched from ``on_train_end`` (the
     model still on its device) and runs exactly once per finished task (from ``on_fit_end`` when a resumed fit
     skips the training loop).
 
@@ -70,9 +71,10 @@ class ContinualCallback(Callback):
                 f"`{type(pl_module).__name__}` does not provide. Use `clight.ContinualModule` (or add "
                 f"{missing} to your module's `capabilities` with the matching methods), or remove the callback."
             )
-        if not self.supports_sharded and is_sharded(trainer.strategy):
+        strategy = getattr(trainer, "strategy", None)
+        if not self.supports_sharded and strategy is not None and is_sharded(strategy):
             raise ClightConfigError(
-                f"`{type(self).__name__}` cannot run under `{type(trainer.strategy).__name__}`: {self.sharded_reason}."
+                f"`{type(self).__name__}` cannot run under `{type(strategy).__name__}`: {self.sharded_reason}."
                 " Use `trainer.strategy: ddp` (or one device), or remove the callback."
             )
 
