@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from clight.callback import ContinualCallback
-from clight.callbacks.regularization import trainable_parameters
 from clight.callbacks.rehearsal import check_arg
+from clight.callbacks.weight_space import trainable_parameters
 from clight.errors import ClightConfigError
 from clight.functional.penalties import distillation_kl, feature_distance
 from clight.task import TaskInfo
@@ -60,7 +60,7 @@ class TeacherCallback(ContinualCallback):
 
     def on_task_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo) -> None:
         device = pl_module.device if self.teacher_device == "same" else torch.device("cpu")
-        self.teacher = {n: p.detach().to(device, copy=True) for n, p in trainable_parameters(pl_module)}
+        self.teacher = {n: p.detach().to(device, copy=True) for n, p in trainable_parameters(pl_module).items()}
         self.teacher_tasks = task.index + 1
 
     @torch.no_grad()

@@ -22,6 +22,7 @@ from torch import Tensor
 from clight.callback import ContinualCallback
 from clight.callbacks.memory import seeded_generator
 from clight.callbacks.rehearsal import check_arg
+from clight.callbacks.weight_space import trainable_parameters
 from clight.errors import ClightConfigError
 from clight.functional.penalties import add_quadratic_penalty_grad_, normalize_importance_
 from clight.task import TaskInfo
@@ -30,11 +31,6 @@ StateDtype = Literal["float32", "param"]
 Statistic = Literal["square", "abs"]
 # a scalar loss of one micro-batch: (module, batch, outputs, uniforms (B, W) for sampling, or None) -> scalar
 MicroBatchLoss = Callable[[pl.LightningModule, dict[str, Tensor], dict[str, Tensor], "Tensor | None"], Tensor]
-
-
-def trainable_parameters(pl_module: pl.LightningModule) -> list[tuple[str, torch.nn.Parameter]]:
-    """The module's trainable parameters by name (a LoRA run: the adapters and the head, never the base)."""
-    return [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
 
 
 class QuadraticPenalty(ContinualCallback):
@@ -97,7 +93,7 @@ class QuadraticPenalty(ContinualCallback):
 
     def on_task_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo) -> None:
         # runs again on resume: only caches, and takes the first anchor when no state exists yet
-        self._tracked = trainable_parameters(pl_module)
+        self._tracked = list(trainable_parameters(pl_module).items())
         self._to_device(pl_module.device)
         if not self.anchor and self.anchor_from_start():
             self.anchor = self._snapshot()
@@ -133,7 +129,7 @@ class QuadraticPenalty(ContinualCallback):
     def on_task_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo) -> None:
         # The state follows the model's device here (the accelerator from `on_train_end`; the CPU when a resumed
         # fit skipped the training loop and the task ends from `on_fit_end`, after teardown)
-        self._tracked = trainable_parameters(pl_module)
+        self._tracked = list(trainable_parameters(pl_module).items())
         self._to_device(pl_module.device)
         new = self.task_importance(trainer, pl_module, task)
         if new is not None and self.uses_importance:
