@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from clight.callback import ContinualCallback, current_task
+from clight.callback import ContinualCallback, current_task, stream_seed
 from clight.callbacks.freezing import head_names, set_frozen
 from clight.callbacks.memory import seeded_generator
 from clight.callbacks.rehearsal import check_arg
@@ -55,33 +55,41 @@ class HalfFineTuning(ContinualCallback):
     Args:
         seed: seed of the draws; empty: the datamodule's ``seed``.
         train_embeddings: train the embeddings instead of freezing them.
+        redraw: draw a new half for every task (HFT's setting); ``false`` draws once, at the first task, and
+            every later task trains the same half, so the other half keeps its pretrained values for the whole
+            stream.
 
     Example (YAML)::
 
         trainer:
           callbacks:
             - class_path: clight.callbacks.HalfFineTuning
-              init_args: {train_embeddings: false}
+              init_args: {train_embeddings: false, redraw: true}
     """
 
     sharded_reason = ("it has only been tested with unsharded strategies (it sets `requires_grad` before the model "
                       "is wrapped, which FSDP supports only with `use_orig_params`)")
 
-    def __init__(self, *, seed: int | None = None, train_embeddings: bool = False) -> None:
+    def __init__(self, *, seed: int | None = None, train_embeddings: bool = False, redraw: bool = True) -> None:
         super().__init__()
         check_arg(seed is None or (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0), "seed",
                   "empty or an integer >= 0", seed, "Leave it empty to use the datamodule's seed.")
         check_arg(isinstance(train_embeddings, bool), "train_embeddings", "true or false", train_embeddings,
                   "See the `HalfFineTuning` docstring.")
-        self.seed, self.train_embeddings = seed, train_embeddings
+        check_arg(isinstance(redraw, bool), "redraw", "true or false", redraw, "See the `HalfFineTuning` docstring.")
+        self.seed, self.train_embeddings, self.redraw = seed, train_embeddings, redraw
         self.choices: dict[int, list[str]] = {}  # task index -> trained module paths
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(seed=self.seed, train_embeddings=self.train_embeddings)
+        return self._generate_state_key(seed=self.seed, train_embeddings=self.train_embeddings, redraw=self.redraw)
 
     def choose(self, pl_module: nn.Module, task_index: int, seed: int) -> list[str]:
-        """The module paths task ``task_index`` trains (drawn once, then taken from ``choices``)."""
+        """The module paths task ``task_index`` trains (drawn once, then taken from ``choices``; without
+        ``redraw`` every task takes the first task's draw)."""
+        if not self.redraw and self.choices:
+            first = min(self.choices)
+            self.choices.setdefault(task_index, list(self.choices[first]))
         if task_index not in self.choices:
             layers = hft_units([normalize_name(n) for n, _ in pl_module.named_parameters()])
             self.choices[task_index] = hft_choose(layers, seeded_generator(seed, task_index, _HFT_STREAM))
@@ -108,8 +116,7 @@ class HalfFineTuning(ContinualCallback):
                 "`FreezeParameters` with explicit selectors for this model, or remove the callback."
             )
         task = current_task(trainer, self.tasks_seen)
-        seed = self.seed if self.seed is not None else int(getattr(trainer.datamodule, "seed", 0) or 0)
-        trained = self.choose(pl_module, task.index, seed)
+        trained = self.choose(pl_module, task.index, stream_seed(trainer, self.seed))
         count, total = set_frozen(pl_module, self.state_key, self.frozen_names(pl_module, trained))
         share = sum(p.numel() for p in pl_module.parameters() if not p.requires_grad)
         share /= max(1, sum(p.numel() for p in pl_module.parameters()))

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from clight.callback import ContinualCallback
+from clight.callback import ContinualCallback, stream_seed
 from clight.callbacks.memory import seeded_generator
 from clight.callbacks.rehearsal import check_arg
 from clight.errors import ClightConfigError
@@ -101,7 +101,7 @@ class LoRACallback(ContinualCallback):
         super().setup(trainer, pl_module, stage)
 
     def _seed(self, trainer: pl.Trainer) -> int:
-        return self.seed if self.seed is not None else int(getattr(trainer.datamodule, "seed", 0))
+        return stream_seed(trainer, self.seed)
 
     def _generator(self, trainer: pl.Trainer, *keys: int) -> torch.Generator:
         return seeded_generator(self._seed(trainer), *keys)

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from clight.callback import stream_seed
 from clight.callbacks.memory import seeded_generator
 from clight.callbacks.rehearsal import check_arg
 from clight.callbacks.weight_space import (
@@ -172,8 +173,7 @@ class TaskVectorMerge(WeightSpaceCallback):
         if self.method == "ties":
             tau = trim_magnitude(tau, self.density)
         elif self.method == "dare":
-            seed = self.seed if self.seed is not None else int(getattr(trainer.datamodule, "seed", 0))
-            tau = dare_drop(tau, self.drop_rate, seeded_generator(seed, task.index, 0xDA7E))
+            tau = dare_drop(tau, self.drop_rate, seeded_generator(stream_seed(trainer, self.seed), task.index, 0xDA7E))
         elif self.method == "breadcrumbs":
             tau = breadcrumbs_mask(tau, self.bottom, self.top)
         dtype, sparse = _DTYPES[self.storage_dtype], self.method in SPARSE_METHODS

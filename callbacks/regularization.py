@@ -19,7 +19,7 @@ import torch
 from lightning.fabric.utilities import move_data_to_device
 from torch import Tensor
 
-from clight.callback import ContinualCallback
+from clight.callback import ContinualCallback, stream_seed
 from clight.callbacks.memory import seeded_generator
 from clight.callbacks.rehearsal import check_arg
 from clight.callbacks.weight_space import trainable_parameters
@@ -81,7 +81,7 @@ class QuadraticPenalty(ContinualCallback):
                     store[name] = t.to(device)
 
     def _seed(self, trainer: pl.Trainer) -> int:
-        return int(getattr(trainer.datamodule, "seed", 0))
+        return stream_seed(trainer)
 
     # ---- Lightning / task hooks ----------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from lightning.fabric.utilities import move_data_to_device
 from torch import Tensor
 
-from clight.callback import ContinualCallback
+from clight.callback import ContinualCallback, stream_seed
 from clight.callbacks.memory import (
     Example,
     ExampleMemory,
@@ -153,7 +153,7 @@ class MemoryCallback(ContinualCallback):
 
     # ---- filling ------------------------------------------------------------------------------------------
     def _seed(self, trainer: pl.Trainer) -> int:
-        return self.seed if self.seed is not None else int(getattr(trainer.datamodule, "seed", 0))
+        return stream_seed(trainer, self.seed)
 
     def score_examples(self, pl_module: pl.LightningModule, batch: dict[str, Tensor],
                        outputs: dict[str, Tensor]) -> Tensor:

@@ -26,6 +26,14 @@ def current_task(trainer: pl.Trainer, fallback_index: int = 0) -> TaskInfo:
     return TaskInfo(index=fallback_index, name=f"task-{fallback_index}")
 
 
+def stream_seed(trainer: pl.Trainer, seed: int | None = None) -> int:
+    """The seed a callback draws with: ``seed`` when given, else the datamodule's ``seed`` (0 when the datamodule
+    has none, e.g. a user's own datamodule), so a draw is the same on every rank and on resume."""
+    if seed is not None:
+        return int(seed)
+    return int(getattr(getattr(trainer, "datamodule", None), "seed", 0) or 0)
+
+
 def is_sharded(strategy: Strategy) -> bool:
     """Whether ``strategy`` splits parameters across ranks (FSDP, DeepSpeed, model parallel)."""
     return isinstance(strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy))

@@ -237,3 +237,14 @@ def test_hft_run_records_and_applies_the_choice(tmp_path: Path) -> None:
     fresh = HalfFineTuning()
     fresh.load_state_dict(state)
     assert fresh.choose(tiny_module(num_classes=3), 1, seed=123) == state["choices"][1]  # recorded choice wins
+
+
+def test_hft_without_redraw_trains_the_first_tasks_half_in_every_task(bert) -> None:
+    hft = HalfFineTuning(redraw=False)
+    first = hft.choose(bert, 0, seed=0)
+    assert first == HalfFineTuning().choose(bert, 0, seed=0)  # the first draw is HFT's draw
+    assert hft.choose(bert, 1, seed=0) == first and hft.choose(bert, 4, seed=0) == first
+    assert HalfFineTuning().choose(bert, 1, seed=0) != first  # with redraw (the default) task 1 draws anew
+    assert HalfFineTuning(redraw=True).state_key != hft.state_key
+    with pytest.raises(ClightConfigError, match="redraw"):
+        HalfFineTuning(redraw="no")
