@@ -24,7 +24,7 @@ from clight.callbacks.memory import (
     seeded_generator,
 )
 from clight.errors import ClightConfigError
-from clight.module import causal_lm_nll
+from clight.losses import causal_lm_nll
 from clight.task import TaskInfo
 
 

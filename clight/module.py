@@ -5,21 +5,21 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from clight.adapters import AdapterMixin
 from clight.callback import is_sharded
 from clight.errors import ClightConfigError
 from clight.hub import resolve_pretrained_path
+from clight.losses import causal_lm_nll
 
 LossTerm = Callable[["ContinualModule", Mapping[str, Tensor], Mapping[str, Tensor]], Tensor]
 _TERM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -31,7 +31,7 @@ def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
     return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
-class ContinualModule(pl.LightningModule):
+class ContinualModule(AdapterMixin, pl.LightningModule):
     """A pretrained (or config-built) Hugging Face model trained task after task.
 
     Classification uses the encoder's **mean-pooled** token states and one linear head over all classes of the
@@ -344,181 +344,6 @@ class ContinualModule(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # ---- peft adapters (LoRA): named adapters, which ones apply and which train ------------------------------
-    @property
-    def peft_model(self) -> Any:
-        """The ``peft.PeftModel`` backbone (unwrapped from ``torch.compile``), or ``None`` without ``peft``."""
-        backbone = getattr(self.backbone, "_orig_mod", self.backbone)
-        return backbone if self.peft_config and backbone is not None else None
-
-    def lora_layers(self) -> list[nn.Module]:
-        """The backbone's LoRA-wrapped layers (``peft.tuners.lora.LoraLayer``), in module order."""
-        from peft.tuners.lora import LoraLayer
-
-        peft_model = self._require_peft("lora_layers")
-        return [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
-
-    @property
-    def adapter_names(self) -> list[str]:
-        """Names of the backbone's adapters, in the order they were added (``[]`` without ``peft``)."""
-        return list(self.peft_model.peft_config) if self.peft_model is not None else []
-
-    @property
-    def active_adapters(self) -> list[str]:
-        """Adapters applied in the forward pass (their outputs add up)."""
-        return list(self.peft_model.active_adapters) if self.peft_model is not None else []
-
-    @property
-    def trainable_adapters(self) -> list[str]:
-        """Adapters with a parameter that trains (``requires_grad``)."""
-        return sorted({_adapter_of(n) for n, p in self.named_parameters()
-                       if p.requires_grad and _is_adapter_key(n)} - {None})
-
-    def add_adapter(self, name: str) -> None:
-        """Add a LoRA adapter ``name`` configured like ``model.peft``; it starts inactive and frozen (activate it
-        with :meth:`use_adapters`). Every other parameter keeps its ``requires_grad``."""
-        peft_model = self._require_peft("add_adapter")
-        if name in peft_model.peft_config:
-            raise ValueError(f"adapter {name!r} already exists (adapters: {self.adapter_names}).")
-        with self._keep_requires_grad():
-            peft_model.add_adapter(name, self._new_peft_config())
-
-    def delete_adapter(self, name: str) -> None:
-        """Remove adapter ``name`` (if it was active, the remaining active ones stay active)."""
-        peft_model = self._require_peft("delete_adapter")
-        with self._keep_requires_grad():
-            peft_model.delete_adapter(name)
-
-    def use_adapters(self, active: Sequence[str], trainable: Iterable[str] = ()) -> None:
-        """Apply the adapters ``active`` in the forward pass and train those in ``trainable`` (a subset); every
-        other adapter is frozen. Unlike peft's ``set_adapter``, nothing else changes ``requires_grad``."""
-        peft_model = self._require_peft("use_adapters")
-        active, trainable = list(active), set(trainable)
-        unknown = sorted((set(active) | trainable) - set(peft_model.peft_config))
-        if unknown or not active or not trainable <= set(active):
-            raise ValueError(f"use_adapters: active={active}, trainable={sorted(trainable)} must be non-empty, "
-                             f"known adapters ({self.adapter_names}), trainable a subset of active; bad: {unknown}.")
-        with self._keep_requires_grad(adapters=False):
-            if list(peft_model.active_adapters) != active:
-                peft_model.base_model.set_adapter(active)
-                peft_model.active_adapter = active[0]
-            peft_model.base_model.set_requires_grad(self.adapter_names, False)
-            if trainable:
-                peft_model.base_model.set_requires_grad(sorted(trainable), True)
-
-    def mark_base_modified(self, names: Iterable[str]) -> None:
-        """Declare that the frozen base tensors ``names`` (parameter or state-dict names of this module) were
-        changed in place, e.g. by merging an adapter into them: adapter-only checkpoints then store them."""
-        self._modified.update(_plain_key(n) for n in names)
-
-    def _require_peft(self, what: str) -> Any:
-        if self.peft_model is None:
-            raise ClightConfigError(f"`{what}` needs a peft backbone: add `model.peft: {{r: 8, target_modules: "
-                                    "[query, value]}` to the config (or build the module with `peft=`).")
-        return self.peft_model
-
-    @contextmanager
-    def _keep_requires_grad(self, *, adapters: bool = True) -> Iterator[None]:
-        """Restore every parameter's ``requires_grad`` after a peft call that toggles them (new parameters start
-        frozen); with ``adapters=False`` the adapters' flags are left to the caller."""
-        before = {id(p): p.requires_grad for p in self.parameters()}
-        try:
-            yield
-        finally:
-            for name, p in self.named_parameters():
-                if adapters or not _is_adapter_key(name):
-                    p.requires_grad_(before.get(id(p), False))
-
-    # ---- adapter-only checkpoints ----------------------------------------------------------------------------
-    def _record_pristine_base(self) -> None:
-        """Remember the frozen base tensors as built: checkpoints leave them out (they are rebuilt from
-        ``model``/``config`` and the seed) unless :meth:`mark_base_modified` says they changed."""
-        trainable = {n for n, p in self.backbone.named_parameters() if p.requires_grad}
-        self._pristine = {_plain_key("backbone." + k) for k in self.backbone.state_dict()
-                          if k not in trainable and not _is_adapter_key(k)}
-        self._modified = set()
-
-    def _split_state(self, state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
-        """``state`` without the unchanged frozen base tensors, and the keys left out."""
-        if not self._pristine:
-            return dict(state), []
-        trainable = {_plain_key(n) for n, p in self.named_parameters() if p.requires_grad}
-        kept, left_out = {}, []
-        for key, value in state.items():
-            plain = _plain_key(key)
-            if plain in self._pristine and plain not in self._modified and plain not in trainable:
-                left_out.append(key)
-            else:
-                kept[key] = value
-        return kept, left_out
-
-    def _base_meta(self, state: Mapping[str, Tensor], left_out: list[str]) -> dict[str, Any]:
-        return {
-            "left_out": [_plain_key(k) for k in left_out],
-            "fingerprint": _fingerprint([state[k] for k in left_out]),
-            "modified": sorted(self._modified),
-            "adapters": self.adapter_names,
-            "active": self.active_adapters,
-            "trainable": self.trainable_adapters,
-        }
-
-    def checkpoint_state(self) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
-        """The weights to checkpoint (CPU tensors) and, for a peft module, what restores the rest.
-
-        A peft module leaves out its frozen base tensors as built (adapter-only checkpoints): the base is
-        rebuilt from ``model``/``config`` and the seed, checked against a per-tensor fingerprint on load.
-        Frozen tensors changed in place (:meth:`mark_base_modified`) are kept. Without peft: the full state.
-        """
-        full = self.state_dict()
-        kept, left_out = self._split_state(full)  # the left-out base never leaves the device
-        meta = self._base_meta(full, left_out) if self._pristine else None
-        return {k: v.detach().cpu() for k, v in kept.items()}, meta
-
-    def restore_checkpoint_state(self, state: Mapping[str, Tensor], meta: Mapping[str, Any] | None
-                                 ) -> dict[str, Tensor]:
-        """Rebuild the adapter structure a checkpoint was written with and return its full state dict (left-out
-        base tensors taken from this module after checking their fingerprint), ready for ``load_state_dict``."""
-        if meta is None:
-            return dict(state)
-        if self.peft_model is not None:
-            self._sync_adapters(list(meta["adapters"]), list(meta["active"]), list(meta["trainable"]))
-        self._modified = set(meta["modified"])
-        current = self.state_dict()
-        by_plain = {_plain_key(k): k for k in current}
-        missing = [k for k in meta["left_out"] if k not in by_plain]
-        if missing:
-            raise ClightConfigError(
-                f"the checkpoint leaves out base tensors this module does not have ({missing[:3]}...): resume "
-                "with the `model`/`config` and `peft` of the original run."
-            )
-        keys = [by_plain[k] for k in meta["left_out"]]
-        now = _fingerprint([current[k] for k in keys])
-        saved = meta["fingerprint"].to(torch.float64)
-        bad = ((now[:, 0] - saved[:, 0]).abs() > 1e-6 * saved[:, 1] + 1e-12) | \
-              ((now[:, 1] - saved[:, 1]).abs() > 1e-6 * saved[:, 1] + 1e-12)
-        if bool(bad.any()):
-            names = [meta["left_out"][i] for i in bad.nonzero().flatten().tolist()]
-            raise ClightConfigError(
-                f"the frozen base weights rebuilt for this run differ from those the checkpoint was trained on "
-                f"({len(names)} tensors, e.g. {names[:2]}): a checkpoint of a peft run stores only what training "
-                "changed. Resume with the original `model`/`config` and `seed_everything` (a config-built base is "
-                "drawn from the seed); a callback that changes frozen weights in place must call "
-                "`module.mark_base_modified(names)`."
-            )
-        full = dict(state)
-        for key in keys:
-            full[key] = current[key].detach()
-        return full
-
-    def _sync_adapters(self, names: list[str], active: list[str], trainable: list[str]) -> None:
-        for name in names:
-            if name not in self.adapter_names:
-                self.add_adapter(name)
-        if active:
-            self.use_adapters(active, trainable)
-        for name in [n for n in self.adapter_names if n not in names]:
-            self.delete_adapter(name)
-
     # ---- exact resume: random state travels with Lightning's mid-task checkpoint ----------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._pristine and not (self._trainer is not None and is_sharded(self.trainer.strategy)):
@@ -541,70 +366,6 @@ class ContinualModule(pl.LightningModule):
         random.setstate(_python_state_from_plain(state["python"]))
         if state["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
-
-
-_LEAN_LOSS_ELEMENTS = 2**28  # logits larger than this (e.g. 8 x 2048 tokens x 128k vocab) take the chunked path
-_LEAN_LOSS_CHUNK = 2**26  # logit elements per chunk on that path
-
-
-def _token_nll(logits: Tensor, labels: Tensor) -> Tensor:
-    return F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="none")
-
-
-def causal_lm_nll(logits: Tensor, labels: Tensor) -> Tensor:
-    """Per-token next-token NLL, 0 where the label is -100. ``(B, T, V), (B, T) -> (B, T-1)``.
-
-    Memory-lean for large vocabularies: instead of shifting the logits (a copy of the whole ``(B, T, V)`` tensor)
-    the labels are shifted, and above ``2**28`` logit elements the fp32 log-softmax is computed in chunks of about
-    ``2**26`` elements under activation checkpointing, so neither an fp32 copy of the logits nor the saved
-    log-softmax of the whole batch is ever held (the same values; only the summation order differs).
-    """
-    batch, width, vocab = logits.shape
-    shifted = torch.cat([labels[:, 1:], labels.new_full((batch, 1), -100)], dim=1).reshape(-1)  # (B*T,)
-    flat = logits.reshape(-1, vocab)  # a view: logits are contiguous
-    if flat.numel() <= _LEAN_LOSS_ELEMENTS:
-        nll = _token_nll(flat, shifted)
-    else:
-        chunk = max(1, _LEAN_LOSS_CHUNK // vocab)
-        parts = []
-        for start in range(0, flat.shape[0], chunk):
-            rows, targets = flat[start : start + chunk], shifted[start : start + chunk]
-            if torch.is_grad_enabled() and flat.requires_grad:
-                parts.append(torch.utils.checkpoint.checkpoint(_token_nll, rows, targets, use_reentrant=False))
-            else:
-                parts.append(_token_nll(rows, targets))
-        nll = torch.cat(parts)
-    return nll.view(batch, width)[:, :-1]
-
-
-def _plain_key(key: str) -> str:
-    """A state-dict key without ``torch.compile``'s wrapper segment."""
-    return key.replace("_orig_mod.", "")
-
-
-_ADAPTER_SEGMENT = re.compile(r"\.lora_(?:A|B|embedding_A|embedding_B|magnitude_vector)\.([^.]+)")
-
-
-def _is_adapter_key(key: str) -> bool:
-    return _ADAPTER_SEGMENT.search(key) is not None
-
-
-def _adapter_of(key: str) -> str | None:
-    found = _ADAPTER_SEGMENT.search(key)
-    return found.group(1) if found else None
-
-
-@torch.no_grad()
-def _fingerprint(tensors: Sequence[Tensor]) -> Tensor:
-    """Per tensor ``[sum, L2 norm]`` in float64 on the CPU, ``(K, 2)``: enough to tell a rebuilt base from
-    another one (another seed, another model) without storing it."""
-    rows = []
-    for t in tensors:
-        t = t.detach()
-        if not t.is_floating_point():
-            t = t.double()
-        rows.append(torch.stack([t.sum(dtype=torch.float64), torch.linalg.vector_norm(t, dtype=torch.float64)]))
-    return torch.stack(rows).cpu() if rows else torch.zeros(0, 2, dtype=torch.float64)
 
 
 def _python_state_to_plain(state: tuple) -> list:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import clight.module as module_lib
+import clight.losses as module_lib
 
 
 def _reference(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

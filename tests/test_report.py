@@ -21,7 +21,7 @@ import pytest
 import torch
 from clight_testing import ROOT, run_stream
 
-from clight.reporting import (
+from clight.comparison import (
     compare_methods,
     comparison_markdown,
     format_mean_std,
@@ -253,7 +253,7 @@ def test_mean_over_seeds_in_the_heatmap_input(bench_dir: Path, tmp_path: Path) -
     shutil.copytree(bench_dir / "naive", copy)
     rep = report.build({"naive": sorted(copy.glob("seed*"))}, metrics=[])
     a, b = (np.array(r["matrices"]["class_il_acc"]["matrix"]) for r in rep.methods["naive"])
-    from clight.reporting import mean_matrix
+    from clight.comparison import mean_matrix
 
     np.testing.assert_allclose(mean_matrix(rep.methods["naive"], "class_il_acc"), (a + b) / 2)
     assert rep.figures == {}  # metrics=[] draws nothing

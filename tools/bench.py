@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from clight.reporting import compare_methods, comparison_markdown, load_run, summarize_runs
+from clight.comparison import compare_methods, comparison_markdown, load_run, summarize_runs
 
 
 def run_cell(config: Path, seed: int, run_dir: Path, extra: Sequence[str]) -> dict[str, Any] | None:

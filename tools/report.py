@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from clight.reporting import (
+from clight.comparison import (
     compare_methods,
     comparison_cells,
     comparison_columns,
@@ -39,10 +39,10 @@ from clight.reporting import (
     figure_to_png_bytes,
     load_run,
     mean_matrix,
-    render_heatmap,
     render_task_curves,
     summarize_runs,
 )
+from clight.reporting import render_heatmap
 
 _SEED_DIR = re.compile(r"seed(\d+)")
 

@@ -57,7 +57,7 @@ STREAMS = {
         pattern="*.yaml",
         known=("naive", "joint", "replay", "replay_mixed", "der", "agem", "distillation", "feature_distillation",
                "ewc", "online_ewc", "mas", "si", "l2_anchor", "freeze_lower", "freeze_bitfit", "freeze_ln", "hft",
-               "gradient_mask_magnitude", "gradient_mask_importance", "gradient_mask_sparse", "lora",
+               "hft_fixed", "gradient_mask_magnitude", "gradient_mask_importance", "gradient_mask_sparse", "lora",
                "chain_of_lora", "orthogonal_lora", "ema", "wise_ft", "interpolation_previous", "merge_ties",
                "merge_magmax"),
     ),
@@ -66,7 +66,8 @@ STREAMS = {
         reference="continual_pretraining", naive="continual_pretraining", joint="continual_pretraining_joint",
         pattern="continual_pretraining*.yaml",
         known=("continual_pretraining", "continual_pretraining_joint", "continual_pretraining_replay",
-               "continual_pretraining_distillation", "continual_pretraining_l2_anchor"),
+               "continual_pretraining_distillation", "continual_pretraining_l2_anchor", "continual_pretraining_hft",
+               "continual_pretraining_hft_fixed"),
     ),
 }
 
