@@ -4,6 +4,10 @@
 #     8 x 2048 tokens), naive eager vs naive compiled vs compiled with each callback that runs per step at scale;
 #  2. every contract case under FSDPStrategy (tools/fsdp_smoke.py): the outcome must match `supports_sharded`.
 # Usage: OUT=runs/gpu bash tools/gpu_checks.sh      (needs clight installed: pip install -e .)
+# On a lent GPU machine without jsonargparse and without internet, install it from wheels carried in .whl/
+# (gitignored; fill it with `pip download --no-deps -d .whl jsonargparse docstring-parser typeshed-client`):
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+#   export PYTHONPATH=/tmp/site; python3 -m pip install -q --no-deps --no-build-isolation -e .
 set -uo pipefail
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
