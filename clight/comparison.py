@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from clight.reporting import _as_numpy_matrix
+from clight.reporting import as_numpy_matrix
 
 __all__ = [
     "compare_methods",
@@ -282,11 +282,11 @@ def render_task_curves(
     Raises:
         ValueError: If the shapes and label counts disagree.
     """
-    values = _as_numpy_matrix(matrix)
+    values = as_numpy_matrix(matrix)
     if values.shape != (len(stages), len(tasks)):
         raise ValueError(f"matrix must have shape ({len(stages)}, {len(tasks)}) (stages, tasks); got {values.shape}")
     labels = [str(s) for s in stages]
-    std = _as_numpy_matrix(spread) if spread is not None else None
+    std = as_numpy_matrix(spread) if spread is not None else None
     if initial is not None:
         init = np.array(initial, dtype=np.float64).reshape(1, -1)
         if init.shape[1] != len(tasks):

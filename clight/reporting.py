@@ -26,6 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 __all__ = [
+    "as_numpy_matrix",
     "figure_to_chw_uint8",
     "format_summary_table",
     "render_heatmap",
@@ -46,7 +47,7 @@ _SUMMARY_LABELS: tuple[tuple[str, str], ...] = (
 # --------------------------------------------------------------------------- heatmap
 
 
-def _as_numpy_matrix(matrix: Any) -> np.ndarray:
+def as_numpy_matrix(matrix: Any) -> np.ndarray:
     """Converts a tensor / array / nested list (``None`` allowed) to a 2-D float64 array."""
     if isinstance(matrix, torch.Tensor):
         arr = matrix.detach().to(device="cpu", dtype=torch.float64).numpy()
@@ -125,7 +126,7 @@ def render_heatmap(
         ValueError: If ``matrix`` is not 2-D, is empty, or the label counts do not match
             its shape.
     """
-    values = _as_numpy_matrix(matrix)
+    values = as_numpy_matrix(matrix)
     num_rows, num_cols = values.shape
     if num_rows == 0 or num_cols == 0:
         raise ValueError(f"matrix must have at least one row and one column; got shape {values.shape}")
