@@ -22,7 +22,7 @@ def test_nll_matches_shifted_cross_entropy(chunked: bool, monkeypatch: pytest.Mo
     logits = torch.randn(3, 9, 40, requires_grad=True)
     labels = torch.randint(0, 40, (3, 9))
     labels[0, 5] = labels[2, 1] = -100
-    if chunked:  # force the checkpointed path with 4 chunks of 7 rows (and a short last one)
+    if chunked:  # force the chunked path with 4 chunks of 7 rows (and a short last one)
         monkeypatch.setattr(module_lib, "_LEAN_LOSS_ELEMENTS", 10)
         monkeypatch.setattr(module_lib, "_LEAN_LOSS_CHUNK", 7 * 40)
     out = module_lib.causal_lm_nll(logits, labels)
@@ -44,3 +44,28 @@ def test_bf16_logits_are_reduced_in_fp32(monkeypatch: pytest.MonkeyPatch) -> Non
     out = module_lib.causal_lm_nll(logits, labels)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, _reference(logits.float(), labels))
+
+
+def test_chunked_gradient_of_bf16_logits_matches_fp32_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(2)
+    base = (torch.randn(2, 6, 50) * 3).bfloat16()
+    labels = torch.randint(0, 50, (2, 6))
+    labels[1, 3] = -100
+    monkeypatch.setattr(module_lib, "_LEAN_LOSS_ELEMENTS", 10)
+    monkeypatch.setattr(module_lib, "_LEAN_LOSS_CHUNK", 4 * 50)  # 3 chunks of 4 rows
+    logits = base.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(module_lib.causal_lm_nll(logits, labels).sum(), logits)
+    ref_logits = base.float().requires_grad_(True)
+    (ref,) = torch.autograd.grad(_reference(ref_logits, labels).sum(), ref_logits)
+    assert grad.dtype == torch.bfloat16 and grad.shape == base.shape
+    assert grad[:, -1].abs().sum() == 0 and grad[1, 2].abs().sum() == 0  # no next token / an ignored one
+    torch.testing.assert_close(grad.float(), ref, atol=1e-2, rtol=1e-2)  # bf16 rounding of the gradient
+
+
+def test_chunked_path_runs_without_grad(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(module_lib, "_LEAN_LOSS_ELEMENTS", 10)
+    monkeypatch.setattr(module_lib, "_LEAN_LOSS_CHUNK", 5 * 20)
+    logits, labels = torch.randn(2, 7, 20), torch.randint(0, 20, (2, 7))
+    with torch.no_grad():
+        out = module_lib.causal_lm_nll(logits, labels)
+    torch.testing.assert_close(out, _reference(logits, labels))
