@@ -90,8 +90,11 @@ def main() -> None:
           f"  ({t_loss / t_closed:.1f}x the closed form)")
     print(f"EWC state (importance + anchor, fp32): {state_bytes / 2**20:.1f} MiB = {state_bytes / param_bytes:.2f}x "
           "the parameters")
-    print(f"closed form's transient per step: one temporary (θ − θ*) = {param_bytes / 2**20:.1f} MiB "
-          f"({1.0:.2f}x the parameters, fp32 model)")
+    from clight.functional.penalties import _GROUP_ELEMENTS, _groups
+
+    group_bytes = max(sum(p.numel() for p in params[part]) for part in _groups(params, _GROUP_ELEMENTS)) * 4
+    print(f"closed form's transient per step: one temporary (θ − θ*) per group of <= 2**27 entries = "
+          f"{group_bytes / 2**20:.1f} MiB ({group_bytes / param_bytes:.2f}x the parameters, fp32 model)")
     if device.type == "cuda":
         reset()
         torch.cuda.synchronize()

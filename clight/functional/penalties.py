@@ -33,30 +33,54 @@ def quadratic_penalty(params: list[Tensor], anchors: list[Tensor], importances: 
     return 0.5 * strength * total
 
 
+_GROUP_ELEMENTS = 2**27  # parameters per group of add_quadratic_penalty_grad_ (its temporaries stay this small)
+
+
+def _groups(tensors: list[Tensor], limit: int) -> list[slice]:
+    """Consecutive slices of ``tensors`` of at most ``limit`` elements each (a larger tensor gets its own)."""
+    out, start, size = [], 0, 0
+    for i, t in enumerate(tensors):
+        if size and size + t.numel() > limit:
+            out.append(slice(start, i))
+            start, size = i, 0
+        size += t.numel()
+    if start < len(tensors):
+        out.append(slice(start, len(tensors)))
+    return out
+
+
 @torch.no_grad()
 def add_quadratic_penalty_grad_(grads: list[Tensor], params: list[Tensor], anchors: list[Tensor],
                                 importances: list[Tensor] | None, strength: float, *,
                                 return_value: bool = False) -> Tensor | None:
     """Add the penalty's gradient ``strength · Ω (θ − θ*)`` to ``grads`` in place.
 
-    One ``_foreach`` pass with a single temporary the size of ``params`` (``θ − θ*``, turned into ``Ω (θ − θ*)``
-    in place). With ``return_value`` the penalty ``strength/2 · Σ Ω (θ − θ*)²`` is also returned (a second
-    temporary and two more passes: ask for it on logging steps only), else ``None``. ``grads`` keep their dtype."""
+    ``_foreach`` passes over groups of about ``2**27`` elements, each with one temporary (``θ − θ*``, turned into
+    ``Ω (θ − θ*)`` in place), so the extra memory is one group's (512 MiB in fp32, or the largest single tensor),
+    not a copy of every parameter (5 GiB for a 1.2B model). With ``return_value`` the penalty
+    ``strength/2 · Σ Ω (θ − θ*)²`` is also returned (a second temporary and two more passes: ask for it on
+    logging steps only), else ``None``. ``grads`` keep their dtype."""
     state_dtype = anchors[0].dtype
-    diffs = torch._foreach_sub(_as(params, state_dtype), anchors)  # θ − θ*
-    value = None
-    if return_value:
-        squares = torch._foreach_mul(diffs, diffs)  # a second temporary, on logging steps only
-        if importances is not None:
-            torch._foreach_mul_(squares, importances)
-        value = 0.5 * strength * torch.stack(torch._foreach_norm(squares, 1)).sum()  # entries are >= 0
-    if importances is not None:
-        torch._foreach_mul_(diffs, importances)  # Ω (θ − θ*)
-    if all(g.dtype == state_dtype for g in grads):
-        torch._foreach_add_(grads, diffs, alpha=strength)
-    else:
-        torch._foreach_add_(grads, [w.to(g.dtype) for w, g in zip(diffs, grads)], alpha=strength)
-    return value
+    total = None
+    for part in _groups(params, _GROUP_ELEMENTS):
+        g, p, a = grads[part], params[part], anchors[part]
+        imp = importances[part] if importances is not None else None
+        diffs = torch._foreach_sub(_as(p, state_dtype), a)  # θ − θ*
+        if return_value:
+            squares = torch._foreach_mul(diffs, diffs)  # a second temporary, on logging steps only
+            if imp is not None:
+                torch._foreach_mul_(squares, imp)
+            value = torch.stack(torch._foreach_norm(squares, 1)).sum()  # entries are >= 0
+            total = value if total is None else total + value
+            del squares
+        if imp is not None:
+            torch._foreach_mul_(diffs, imp)  # Ω (θ − θ*)
+        if all(x.dtype == state_dtype for x in g):
+            torch._foreach_add_(g, diffs, alpha=strength)
+        else:
+            torch._foreach_add_(g, [w.to(x.dtype) for w, x in zip(diffs, g)], alpha=strength)
+        del diffs
+    return 0.5 * strength * total if total is not None else None
 
 
 def normalize_importance_(importances: list[Tensor]) -> float:

@@ -86,6 +86,23 @@ def test_penalty_gradient_keeps_16_bit_grads_and_uses_fp32_state() -> None:
     assert grads[0].dtype == torch.bfloat16 and grads[0].item() == 1.0  # 0.5 + 2 · 0.25
 
 
+def test_penalty_gradient_in_groups_equals_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    import clight.functional.penalties as penalties
+
+    torch.manual_seed(0)
+    shapes = [(3, 4), (7,), (2, 2, 2), (1,), (5, 3)]
+    params = [torch.randn(s) for s in shapes]
+    anchors, omega = [torch.randn(s) for s in shapes], [torch.rand(s) for s in shapes]
+    one = [torch.randn(s) for s in shapes]
+    grouped = [g.clone() for g in one]
+    value_one = add_quadratic_penalty_grad_(one, params, anchors, omega, 0.3, return_value=True)
+    monkeypatch.setattr(penalties, "_GROUP_ELEMENTS", 10)  # groups [12], [7, 8 > 10 -> split], ...
+    assert [(s.start, s.stop) for s in penalties._groups(params, 10)] == [(0, 1), (1, 2), (2, 4), (4, 5)]
+    value_grouped = add_quadratic_penalty_grad_(grouped, params, anchors, omega, 0.3, return_value=True)
+    torch.testing.assert_close(grouped, one)
+    torch.testing.assert_close(value_grouped, value_one)
+
+
 def test_normalize_importance_divides_by_the_mean() -> None:
     omega = [torch.tensor([1.0, 3.0]), torch.tensor([8.0])]
     assert normalize_importance_(omega) == pytest.approx(4.0)
