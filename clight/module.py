@@ -350,11 +350,18 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
             kept, left_out = self._split_state(checkpoint["state_dict"])  # adapter-only mid-task checkpoint
             checkpoint["clight_base"] = self._base_meta(checkpoint["state_dict"], left_out)
             checkpoint["state_dict"] = kept
-        checkpoint["clight_rng"] = {
+        mine = {
             "torch": torch.get_rng_state(),
             "python": _python_state_to_plain(random.getstate()),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
+        # Every rank's own state: ranks draw different dropout masks, and only rank 0 writes the checkpoint
+        # (Lightning calls this hook on every rank, so the gather is safe).
+        ranks = [mine]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(ranks, mine)
+        checkpoint["clight_rng"] = {"ranks": ranks}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "clight_base" in checkpoint:  # runs before Lightning loads checkpoint["state_dict"] (strictly)
@@ -362,6 +369,9 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
         state = checkpoint.get("clight_rng")
         if state is None:
             return
+        ranks = state.get("ranks", [state])  # one state per rank (older checkpoints: rank 0's only)
+        rank = self.global_rank if self._trainer is not None else 0
+        state = ranks[rank] if rank < len(ranks) else ranks[0]
         torch.set_rng_state(state["torch"])
         random.setstate(_python_state_from_plain(state["python"]))
         if state["cuda"] and torch.cuda.is_available():
