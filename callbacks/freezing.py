@@ -166,8 +166,9 @@ class FreezeParameters(ContinualCallback):
                   2: {freeze: [embeddings, "layers:0-3"]}
     """
 
-    sharded_reason = ("it has only been tested with unsharded strategies (it sets `requires_grad` before the model "
-                      "is wrapped, which FSDP supports only with `use_orig_params`)")
+    # FSDP2 keeps each parameter a DTensor of its own, so `requires_grad` stays per parameter: a frozen one gets no
+    # gradient and no optimizer state on any rank (tests/test_sharded.py compares with DDP)
+    supports_sharded = True
 
     def __init__(
         self,

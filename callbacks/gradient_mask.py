@@ -160,6 +160,7 @@ class GradientMask(ContinualCallback):
             self._acc, self._acc_steps, self._acc_task = {}, 0, task.index
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
         self._scope = self._in_scope(pl_module)
         device = self._scope[0][1].device if self._scope else torch.device("cpu")
         self._acc = {n: a.to(device) for n, a in self._acc.items()}

@@ -70,8 +70,7 @@ class HalfFineTuning(ContinualCallback):
               init_args: {train_embeddings: false, redraw: true}
     """
 
-    sharded_reason = ("it has only been tested with unsharded strategies (it sets `requires_grad` before the model "
-                      "is wrapped, which FSDP supports only with `use_orig_params`)")
+    supports_sharded = True  # per-parameter `requires_grad` under FSDP2, as FreezeParameters (tests/test_sharded.py)
 
     def __init__(self, *, seed: int | None = None, train_embeddings: bool = False, redraw: bool = True) -> None:
         super().__init__()

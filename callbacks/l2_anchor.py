@@ -28,7 +28,8 @@ class L2Anchor(QuadraticPenalty):
     ``on_before_optimizer_step`` and logged as ``train/penalty_l2``.
 
     Costs: one fp32 copy of the trainable parameters (with a LoRA adapter: the adapter and head only) and one
-    elementwise pass per optimizer step; nothing at task end but the copy.
+    elementwise pass per optimizer step; nothing at task end but the copy. Under FSDP (``ModelParallelStrategy``)
+    each rank keeps the anchor of its own shard only, and checkpoints hold the gathered full anchor.
 
     Args:
         strength: ``λ``.
@@ -45,6 +46,7 @@ class L2Anchor(QuadraticPenalty):
 
     penalty_name = "l2"
     uses_importance = False
+    supports_sharded = True  # elementwise on each rank's shard; state gathered for checkpoints (test_sharded.py)
 
     def __init__(self, *, strength: float = 1.0, anchor: Anchor = "task_start", dtype: StateDtype = "float32"
                  ) -> None:

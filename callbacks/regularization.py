@@ -25,6 +25,7 @@ from clight.callbacks.rehearsal import check_arg
 from clight.callbacks.weight_space import trainable_parameters
 from clight.errors import ClightConfigError
 from clight.functional.penalties import add_quadratic_penalty_grad_, normalize_importance_
+from clight.sharding import gather_full, is_dtensor, like_param, local
 from clight.task import TaskInfo
 
 StateDtype = Literal["float32", "param"]
@@ -46,8 +47,9 @@ class QuadraticPenalty(ContinualCallback):
     penalty_name = "penalty"
     uses_importance = True
     anchor_update: Literal["latest", "weighted_mean"] = "latest"
-    sharded_reason = ("its importance and anchor are full per-parameter tensors held identically on every rank (and "
-                      "its estimate runs the unwrapped module); a sharded strategy splits them across ranks")
+    sharded_reason = ("its importance is estimated from per-example gradients of the unwrapped module "
+                      "(`torch.autograd.grad`), which FSDP's sharded parameters do not receive; `L2Anchor`, which "
+                      "has no estimate, runs sharded")
 
     def __init__(self, *, strength: float, dtype: StateDtype = "float32", normalize: bool = True) -> None:
         super().__init__()
@@ -75,10 +77,13 @@ class QuadraticPenalty(ContinualCallback):
         return {n: p.detach().to(self._state_dtype(p), copy=True) for n, p in self._tracked}
 
     def _to_device(self, device: torch.device) -> None:
+        # laid out like the tracked parameter: on its device, and sharded like it under FSDP (state loaded from a
+        # checkpoint is full); a name not tracked now (frozen) goes to the device
+        params = dict(self._tracked)
         for store in (self.anchor, self.importance):
             for name, t in store.items():
-                if t.device != device:
-                    store[name] = t.to(device)
+                param = params.get(name)
+                store[name] = like_param(t, param) if param is not None else t.to(device)
 
     def _seed(self, trainer: pl.Trainer) -> int:
         return stream_seed(trainer)
@@ -116,9 +121,12 @@ class QuadraticPenalty(ContinualCallback):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         log = trainer.global_step % max(trainer.log_every_n_steps, 1) == 0
+        # elementwise, so exact on each rank's shard under FSDP (plain tensors: `local` is the identity)
         value = add_quadratic_penalty_grad_(
-            [p.grad for p in params], params, [a for _, a, _ in triples],
-            [i for _, _, i in triples] if self.uses_importance else None, self.strength, return_value=log)
+            [local(p.grad) for p in params], [local(p) for p in params], [local(a) for _, a, _ in triples],
+            [local(i) for _, _, i in triples] if self.uses_importance else None, self.strength, return_value=log)
+        if value is not None and is_dtensor(params[0]):
+            value = trainer.strategy.reduce(value, reduce_op="sum")  # the shards' sums
         if value is not None:
             pl_module.log(f"train/penalty_{self.penalty_name}", value, on_step=True, on_epoch=False, batch_size=1)
 
@@ -235,9 +243,10 @@ class QuadraticPenalty(ContinualCallback):
 
     # ---- checkpointing ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        # full tensors: under FSDP a gather on every rank (Lightning and the runner call this on all ranks)
         return {**super().state_dict(),
-                "anchor": {n: t.detach().cpu().clone() for n, t in self.anchor.items()},
-                "importance": {n: t.detach().cpu().clone() for n, t in self.importance.items()},
+                "anchor": {n: gather_full(t.detach()).cpu().clone() for n, t in self.anchor.items()},
+                "importance": {n: gather_full(t.detach()).cpu().clone() for n, t in self.importance.items()},
                 "importance_means": list(self.importance_means)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

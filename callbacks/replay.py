@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from clight.callback import is_sharded
 from clight.callbacks.memory import Policy, Selection, seeded_generator
 from clight.callbacks.rehearsal import MemoryCallback, check_arg
 from clight.errors import ClightConfigError
@@ -61,6 +62,10 @@ class Replay(MemoryCallback):
               init_args: {memory_size: 200, mode: per_batch, replay_batch_size: 32, policy: reservoir}
     """
 
+    # the memory is examples on the CPU and the replay forward is the module's own (run by every rank every step),
+    # so nothing touches a full parameter (tests/test_sharded.py compares with DDP)
+    supports_sharded = True
+
     term_name = "replay"
 
     def __init__(
@@ -100,6 +105,12 @@ class Replay(MemoryCallback):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
+        if self.mode == "per_batch" and is_sharded(trainer.strategy) and self.memory_size < trainer.world_size:
+            # a rank without a replay row would skip the replay forward, whose FSDP all-gathers are collectives
+            raise ClightConfigError(
+                f"`memory_size`: {self.memory_size} examples for {trainer.world_size} ranks under "
+                f"`{type(trainer.strategy).__name__}`; every rank needs a replay row each step. Give `memory_size` "
+                f">= {trainer.world_size}.")
         if self.mode == "mixed" and not hasattr(trainer.datamodule, "extra_train_examples"):
             raise ClightConfigError(
                 f"`mode`: `mixed` extends the task's data through the datamodule's `extra_train_examples`, which "

@@ -44,11 +44,14 @@ class ContinualCallback(Callback):
 
     Subclasses override :meth:`on_task_start` / :meth:`on_task_end` and declare the module capabilities they
     rely on in ``required_capabilities`` (for example ``{"loss_terms"}``); a module that lacks one is rejected
-    in ``setup`` with a clear error. A callback that works on sharded parameters (FSDP, DeepSpeed) sets
-    ``supports_sharded = True`` (and says why in its docstring, with a test); every other callback refuses a
-    sharded strategy in ``setup``, naming the strategy and a way out (``sharded_reason`` says what it needs).
-    ``on_task_start`` is dispatched from ``on_fit_start`` and runs again when a task is resumed mid-way, so it
-    must be idempotent; ``on_task_end`` is dispatched from ``on_train_end`` (the
+    in ``setup`` with a clear error. A callback that works on FSDP2-sharded parameters (Lightning's
+    ``ModelParallelStrategy``, see :mod:`clight.sharding`) sets ``supports_sharded = True`` (and says why in its
+    docstring, with a test in tests/test_sharded.py); every other callback refuses a sharded strategy in
+    ``setup``, naming the strategy and a way out (``sharded_reason`` says what it needs). FSDP1
+    (``FSDPStrategy``) and DeepSpeed are refused by every callback: they are not tested.
+    ``on_task_start`` is dispatched from ``on_fit_start`` (from ``on_train_start`` under sharded strategies, which
+    restore a checkpoint's callback state after ``on_fit_start``) and runs again when a task is
+    resumed mid-way, so it must be idempotent (a subclass overriding ``on_train_start`` calls ``super()``); ``on_task_end`` is dispatched from ``on_train_end`` (the
     model still on its device) and runs exactly once per finished task (from ``on_fit_end`` when a resumed fit
     skips the training loop).
 
@@ -80,15 +83,37 @@ class ContinualCallback(Callback):
                 f"{missing} to your module's `capabilities` with the matching methods), or remove the callback."
             )
         strategy = getattr(trainer, "strategy", None)
-        if not self.supports_sharded and strategy is not None and is_sharded(strategy):
-            raise ClightConfigError(
-                f"`{type(self).__name__}` cannot run under `{type(strategy).__name__}`: {self.sharded_reason}."
-                " Use `trainer.strategy: ddp` (or one device), or remove the callback."
-            )
+        if strategy is not None and is_sharded(strategy):
+            if not self.supports_sharded:
+                raise ClightConfigError(
+                    f"`{type(self).__name__}` cannot run under `{type(strategy).__name__}`: {self.sharded_reason}."
+                    " Use `trainer.strategy: ddp` (or one device), or remove the callback."
+                )
+            if not isinstance(strategy, ModelParallelStrategy):
+                raise ClightConfigError(
+                    f"`{type(self).__name__}` runs on sharded parameters under FSDP2, i.e. Lightning's "
+                    f"`ModelParallelStrategy` (which `ContinualModule` shards with `fully_shard`); it is not tested "
+                    f"under `{type(strategy).__name__}`. Use `trainer.strategy: {{class_path: "
+                    "lightning.pytorch.strategies.ModelParallelStrategy, init_args: {data_parallel_size: <devices>, "
+                    "tensor_parallel_size: 1}}`, or `ddp`."
+                )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._task_ended = False
-        self.on_task_start(trainer, pl_module, current_task(trainer, self.tasks_seen))
+        # Sharded strategies (ModelParallelStrategy, FSDP) restore a mid-task checkpoint, callback state included,
+        # only after `on_fit_start`: under them the task starts from `on_train_start`, once any state is back.
+        self._start_pending = bool(getattr(getattr(trainer, "strategy", None), "restore_checkpoint_after_setup",
+                                           False))
+        if not self._start_pending:
+            self.on_task_start(trainer, pl_module, current_task(trainer, self.tasks_seen))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_pending_task(trainer, pl_module)
+
+    def _start_pending_task(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if getattr(self, "_start_pending", False):
+            self._start_pending = False
+            self.on_task_start(trainer, pl_module, current_task(trainer, self.tasks_seen))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The end of the training loop, while the model is still on its device and the process group is up
@@ -103,6 +128,7 @@ class ContinualCallback(Callback):
     def _end_task(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if getattr(self, "_task_ended", True):
             return
+        self._start_pending_task(trainer, pl_module)  # a resumed fit that skipped the training loop
         self._task_ended = True
         self.on_task_end(trainer, pl_module, current_task(trainer, self.tasks_seen))
         self.tasks_seen += 1

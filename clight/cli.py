@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, instantiate_class
 
 from clight.errors import ClightConfigError
 from clight.module import ContinualModule
@@ -57,6 +57,17 @@ class ContinualCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_class_arguments(StreamOptions, "stream")
 
+    def stream_trainer_kwargs(self) -> dict[str, Any]:
+        """The ``trainer`` section as keyword arguments for the stream's fresh Trainers."""
+        kwargs = dict(self._get(self.config_init, "trainer", default={}))
+        section = self.config[self.subcommand] if self.subcommand else self.config
+        strategy = section["trainer"].get("strategy") if section.get("trainer") else None
+        if getattr(strategy, "class_path", None):
+            # A strategy given as a class (e.g. ModelParallelStrategy with its sizes) was bound to the accelerator
+            # of the Trainer LightningCLI built; the stream's Trainers need an unbound instance.
+            kwargs["strategy"] = instantiate_class((), strategy.as_dict())
+        return kwargs
+
     def fit(self, model: ContinualModule, datamodule: Any = None, ckpt_path: str | None = None, **_: Any) -> None:
         if ckpt_path is not None:
             raise ClightConfigError(
@@ -64,7 +75,7 @@ class ContinualCLI(LightningCLI):
                 "rerun the same command with `--resume` to continue."
             )
         config = self.config[self.subcommand]
-        trainer_kwargs = dict(self._get(self.config_init, "trainer", default={}))
+        trainer_kwargs = self.stream_trainer_kwargs()
         options = StreamOptions(**dict(config["stream"]))
         config_text = self._parser(self.subcommand).dump(config, skip_none=False)
         seed = config.get("seed_everything")

@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor, nn
 
 from clight.adapters import AdapterMixin
@@ -20,6 +21,7 @@ from clight.callback import is_sharded
 from clight.errors import ClightConfigError
 from clight.hub import resolve_pretrained_path
 from clight.losses import causal_lm_nll
+from clight.sharding import shard_module
 
 LossTerm = Callable[["ContinualModule", Mapping[str, Tensor], Mapping[str, Tensor]], Tensor]
 _TERM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -221,9 +223,29 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
             self.task_classes = [list(c) for c in (task_classes or [list(range(num_classes))])]
 
     def configure_model(self) -> None:
+        if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
+            self._shard()
         if self.compile and not getattr(self, "_compiled", False):
             self.backbone = torch.compile(self.backbone)
             self._compiled = True
+
+    def _shard(self) -> None:
+        """FSDP2 under ``ModelParallelStrategy``: data parallel only, applied once (see :mod:`clight.sharding`)."""
+        if self.backbone is None:
+            raise RuntimeError("call `configure_stream(...)` (the runner does) before fitting the module.")
+        mesh = self.device_mesh
+        tp = mesh["tensor_parallel"].size() if mesh.mesh_dim_names and "tensor_parallel" in mesh.mesh_dim_names else 1
+        if tp != 1:
+            raise ClightConfigError(
+                f"`trainer.strategy`: ModelParallelStrategy with tensor_parallel_size={tp}; clight shards the model "
+                "with FSDP2 over the data-parallel dimension only. Set `tensor_parallel_size: 1` and "
+                "`data_parallel_size` to the number of devices (its `auto` default puts the devices on the "
+                "tensor-parallel dimension).")
+        if self.peft_model is not None:
+            raise ClightConfigError(
+                "`model.peft`: LoRA adapters are not sharded by clight yet (adding or merging an adapter needs the "
+                "whole weight). Train the adapter under `trainer.strategy: ddp`, or drop `model.peft` to shard.")
+        shard_module(self, mesh)  # later tasks' Trainers find it sharded and leave it
 
     # ---- loss terms -----------------------------------------------------------------------------------------
     def register_loss_term(self, name: str, fn: LossTerm, weight: float = 1.0) -> None:

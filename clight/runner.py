@@ -22,7 +22,7 @@ import transformers
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.strategies import Strategy
 
-from clight.callback import ContinualCallback
+from clight.callback import ContinualCallback, is_sharded
 from clight.errors import ClightConfigError
 from clight.functional import summarize
 from clight.metrics import ResultMatrix
@@ -34,6 +34,7 @@ from clight.reporting import (
     save_figure_png,
     write_results_json,
 )
+from clight.sharding import full_state, gather_full
 from clight.tb import StreamTensorBoardLogger
 from clight.timing import StepTimer
 
@@ -269,23 +270,31 @@ class StreamRunner:
 
     def _save_state(self, trainer: pl.Trainer, module: pl.LightningModule, datamodule: Any, state: dict[str, Any]
                     ) -> None:
+        # Sharded (FSDP) parameters and callback state are gathered on every rank (collectives); plain ones are
+        # read on rank 0 only.
+        sharded = is_sharded(trainer.strategy)
+        gathered = (module_checkpoint_state(module), self._callback_states()) if sharded else None
         if trainer.is_global_zero:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            module_state, module_base = module_checkpoint_state(module)
+            (module_state, module_base), callback_states = gathered or (module_checkpoint_state(module),
+                                                                       self._callback_states())
             payload = {
                 "format_version": FORMAT_VERSION,
                 "stream": datamodule.fingerprint(),
                 "completed": state["completed"], "initial_done": state["initial_done"],
                 "step_offset": state["step_offset"], "timing": state["timing"],
                 "module": module_state, "module_base": module_base,
-                "callbacks": {getattr(cb, "state_key", type(cb).__qualname__): cb.state_dict()
-                              for cb in self._continual_callbacks()},
+                "callbacks": callback_states,
                 "matrices": {m: mat.state_dict() for m, mat in state["matrices"].items()},
             }
             tmp = self.run_dir / (STREAM_CHECKPOINT + ".tmp")
             torch.save(payload, tmp)
             tmp.replace(self.run_dir / STREAM_CHECKPOINT)
         trainer.strategy.barrier("clight_stream_checkpoint")
+
+    def _callback_states(self) -> dict[str, Any]:
+        return {getattr(cb, "state_key", type(cb).__qualname__): gather_full(cb.state_dict())
+                for cb in self._continual_callbacks()}
 
     # ---- the end ------------------------------------------------------------------------------------------
     def _results(self, datamodule: Any, state: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -374,8 +383,9 @@ def module_checkpoint_state(module: pl.LightningModule) -> tuple[dict[str, torch
     """The module's weights for the stream checkpoint (CPU tensors): adapter-only for a peft
     :class:`~clight.module.ContinualModule` (see its ``checkpoint_state``), else the full state dict."""
     if hasattr(module, "checkpoint_state"):
-        return module.checkpoint_state()
-    return {k: v.detach().cpu() for k, v in module.state_dict().items()}, None
+        state, base = module.checkpoint_state()
+        return full_state(state), base
+    return {k: v.detach().cpu() for k, v in full_state(module.state_dict()).items()}, None
 
 
 def load_module_state(module: pl.LightningModule, state: dict[str, torch.Tensor], base: dict[str, Any] | None) -> None:

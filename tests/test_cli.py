@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from clight_testing import ROOT
 
 from clight.cli import main
@@ -82,3 +83,25 @@ def test_two_process_cpu_ddp_run_of_the_cli(tmp_path: Path) -> None:
     assert results["world_size"] == 2
     assert [s["optimizer_steps"] for s in results["timing"]["stages"]] == [3, 3]
     assert all(v in (0.0, 1.0) for row in results["matrices"]["class_il_acc"]["matrix"] for v in row)
+
+
+@pytest.mark.ddp
+def test_two_process_cpu_fsdp2_run_of_the_cli_with_a_callback(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = _clight("fit", "-c", str(TINY), "--stream.run_dir", str(run),
+                   "--trainer.strategy.class_path", "lightning.pytorch.strategies.ModelParallelStrategy",
+                   "--trainer.strategy.data_parallel_size", "2", "--trainer.strategy.tensor_parallel_size", "1",
+                   "--trainer.devices", "2", "--trainer.callbacks+=clight.callbacks.L2Anchor")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["world_size"] == 2 and [s["optimizer_steps"] for s in results["timing"]["stages"]] == [3, 3]
+    state = torch.load(run / "stream.pt", weights_only=True)
+    weight = state["module"]["backbone.embeddings.word_embeddings.weight"]
+    assert type(weight) is torch.Tensor and weight.shape[0] == 30522  # gathered, not rank 0's half
+    anchor = next(iter(state["callbacks"].values()))["anchor"]["backbone.embeddings.word_embeddings.weight"]
+    assert anchor.shape == weight.shape
+    # the strategy's `auto` sizes put the devices on tensor parallelism, which clight does not shard: a clear error
+    bad = _clight("fit", "-c", str(TINY), "--stream.run_dir", str(tmp_path / "bad"),
+                  "--trainer.strategy.class_path", "lightning.pytorch.strategies.ModelParallelStrategy",
+                  "--trainer.devices", "2")
+    assert bad.returncode == 2 and "tensor_parallel_size: 1" in bad.stderr

@@ -1,15 +1,16 @@
-"""FSDP check of every callback of the contract table (tests/callbacks/cases*.py) on a GPU machine.
+"""FSDP2 check of every callback of the contract table (tests/callbacks/cases*.py) on GPUs.
 
-Lightning 2.6 runs FSDP only on CUDA (`strategy='fsdp'` with `accelerator='cpu'` is refused at Trainer
-construction; Lightning-AI/pytorch-lightning#21812 tracks CPU support), so this cannot be a CPU test. Each case
-runs the same tiny two-task stream the contract harness uses (a tiny BERT or Llama built from a config; the
-classification tokenizer is a byte-level BPE trained here, so no model package is needed) under
-`FSDPStrategy` on the visible GPUs, and the outcome must match the callback's declaration: a callback with
-`supports_sharded = True` must finish the stream, every other one must be refused in `setup` with a
-`ClightConfigError`. With one GPU the parameters are wrapped and flattened by FSDP but not split; run it with
-`--devices 2` (or more) where there are several GPUs to split them for real.
+Each case runs the same tiny two-task stream the contract harness uses (a tiny BERT or Llama built from a config;
+the classification tokenizer is a byte-level BPE trained here, so no model package is needed) under Lightning's
+`ModelParallelStrategy`, which `ContinualModule` shards with FSDP2 (`fully_shard`, see clight/sharding.py), on
+the visible GPUs. The outcome must match the callback's declaration: a callback with `supports_sharded = True`
+must finish the stream, every other one must be refused in `setup` with a `ClightConfigError`. On the CPU the
+same path is tested against DDP by tests/test_sharded.py (2 processes, gloo); this script is its GPU twin
+(NCCL, bf16 where asked). With one GPU the mesh has one rank, so nothing is split; run it with `--devices 2`
+(or more) where there are several GPUs.
 
     python tools/fsdp_smoke.py --devices 1
+    python tools/fsdp_smoke.py --devices 2 --cpu      # the same on 2 CPU processes (gloo)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "callbacks")]
 
 from cases import CASES  # noqa: E402
 from clight_testing import WORDNET, run_stream  # noqa: E402
-from lightning.pytorch.strategies import FSDPStrategy  # noqa: E402
+from lightning.pytorch.strategies import ModelParallelStrategy  # noqa: E402
 
 from clight.datamodules.causal_lm import train_bpe_tokenizer  # noqa: E402
 from clight.errors import ClightConfigError  # noqa: E402
@@ -38,11 +39,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--cases", nargs="*", default=None, help="case ids (default: all)")
+    parser.add_argument("--cpu", action="store_true", help="CPU processes (gloo) instead of GPUs")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="clight-fsdp-"))
-    texts = [json.loads(line)["text"] for line in (WORDNET / "train.jsonl").read_text().splitlines()]
-    train_bpe_tokenizer(texts, 2000).save_pretrained(str(tmp / "tokenizer"))
+    # one directory for all ranks (Lightning's launcher starts rank 1 with rank 0's environment): the runs'
+    # checkpoints are written by all ranks together
+    tmp = Path(os.environ.setdefault("CLIGHT_FSDP_SMOKE_DIR", tempfile.mkdtemp(prefix="clight-fsdp-")))
+    if not (tmp / "tokenizer").exists():  # rank 0, before any other rank starts
+        texts = [json.loads(line)["text"] for line in (WORDNET / "train.jsonl").read_text().splitlines()]
+        train_bpe_tokenizer(texts, 2000).save_pretrained(str(tmp / "tokenizer"))
     rows = []
     for case in CASES:
         if case.id == "probe" or (args.cases and case.id not in args.cases):
@@ -50,11 +55,15 @@ def main() -> None:
         stream_kwargs = dict(case.stream_kwargs)
         if case.kind == "classification":
             stream_kwargs["tokenizer"] = str(tmp / "tokenizer")
-        expected = "ran" if getattr(case.cls, "supports_sharded", False) else "refused"
+        # a peft module is refused by ContinualModule itself (adapters are not sharded yet)
+        expected = ("ran" if getattr(case.cls, "supports_sharded", False) and "peft" not in case.module_kwargs
+                    else "refused")
         try:
             run_stream(tmp / case.id, [case.cls(**case.kwargs)], kind=case.kind, max_steps=3,
                        module_kwargs=dict(case.module_kwargs), stream_kwargs=stream_kwargs,
-                       trainer_kwargs=dict(strategy=FSDPStrategy(), accelerator="gpu", devices=args.devices))
+                       trainer_kwargs=dict(strategy=ModelParallelStrategy(data_parallel_size=args.devices,
+                                                                           tensor_parallel_size=1),
+                                           accelerator="cpu" if args.cpu else "gpu", devices=args.devices))
             outcome, detail = "ran", ""
         except ClightConfigError as err:
             outcome, detail = "refused", str(err).split(":")[0]
@@ -62,7 +71,10 @@ def main() -> None:
             outcome, detail = "failed", f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
         rows.append({"case": case.id, "callback": case.cls.__name__, "expected": expected, "outcome": outcome,
                      "ok": outcome == expected, "detail": detail})
-        print(json.dumps(rows[-1]), flush=True)
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            print(json.dumps(rows[-1]), flush=True)
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        return
     print("\n| case | callback | declared | outcome | ok |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['callback']} | {r['expected']} | {r['outcome']} {r['detail']} | "

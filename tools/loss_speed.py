@@ -72,7 +72,7 @@ def main() -> None:
             "clight": clight_loss}
     grads, rows = {}, []
     for name, fn in ways.items():
-        def step() -> None:
+        def step(fn=fn) -> None:
             logits.grad = None
             fn(logits, labels).backward()
             if device.type == "cuda":

@@ -26,6 +26,7 @@ and H200 dense bf16; none on other devices).
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import logging
@@ -43,6 +44,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 from lightning.pytorch.cli import instantiate_class  # noqa: E402
+from lightning.pytorch.strategies import Strategy  # noqa: E402
 
 from clight.cli import ContinualCLI  # noqa: E402
 
@@ -115,7 +117,10 @@ def measure(cli: ContinualCLI, trainer_kwargs: dict[str, Any], method: str, *, p
         torch.cuda.reset_peak_memory_stats()
     for stage, (extra, max_steps) in enumerate([([], prime_steps), ([clock], warmup + steps)]):
         data.set_stage(stage)
-        trainer = pl.Trainer(**base, callbacks=[*callbacks, *extra], max_steps=max_steps)
+        kwargs = dict(base)
+        if isinstance(kwargs.get("strategy"), Strategy):  # a strategy instance binds to the Trainer that uses it
+            kwargs["strategy"] = copy.deepcopy(kwargs["strategy"])
+        trainer = pl.Trainer(**kwargs, callbacks=[*callbacks, *extra], max_steps=max_steps)
         trainer.fit(module, datamodule=data)
     seq = data.max_length
     row = {"method": Path(method).stem, "steps": clock.steps, "tokens": clock.tokens, "seconds": clock.seconds,
@@ -149,7 +154,7 @@ def main() -> None:
         if method != "naive" and not Path(method).is_file():
             parser.error(f"--methods: {method!r} is neither `naive` nor an existing config file")
     cli = ContinualCLI(args=["-c", str(args.config), *(TINY if args.tiny else []), *overrides], run=False)
-    trainer_kwargs = dict(cli._get(cli.config_init, "trainer", default={}))
+    trainer_kwargs = cli.stream_trainer_kwargs()
     cli.datamodule.prepare_stream()
     cli.model.configure_stream(vocab_size=len(cli.datamodule.tokenizer))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,92 @@
+"""Run tiny streams under 2-process CPU FSDP2 (Lightning's ``ModelParallelStrategy``, gloo) and under DDP in the
+same job, so tests/test_sharded.py can compare them: the same data-parallel training must reach the same weights.
+
+For each scenario every rank saves ``OUT/<scenario>/<strategy>-rank<r>.pt``: the module's full weights (gathered
+from the shards), the callback's state and the result matrices; the runs also leave their stream checkpoints
+under ``OUT/<scenario>/<strategy>/``. A ``resume_<scenario>`` crashes an FSDP and a DDP run of the scenario mid-way
+through its second task and resumes it (Lightning's distributed checkpoint, then the stream checkpoint).
+
+Usage: python tests/sharded_harness_script.py OUT_DIR SCENARIO...   (Lightning's launcher re-runs this for rank 1)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE / "callbacks")]
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import torch  # noqa: E402
+from cases import case_by_id  # noqa: E402
+from clight_testing import CrashAt, SimulatedCrash, run_stream  # noqa: E402
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy  # noqa: E402
+
+from clight.sharding import full_state, sharded_numel  # noqa: E402
+
+# scenario -> (contract case id or None for no callback, model kind)
+SCENARIOS = {
+    "naive": (None, "classification"),
+    "naive_causal_lm": (None, "causal_lm"),
+    "l2_anchor": ("l2_anchor", "classification"),
+    "freeze_schedule": ("freeze_schedule", "classification"),
+    "replay_per_batch": ("replay_per_batch", "classification"),
+    "replay_causal_lm": ("replay_causal_lm", "causal_lm"),
+    "hft": ("hft", "classification"),
+    "der": ("der", "classification"),
+}
+
+
+def strategy(name: str):
+    timeout = timedelta(minutes=2)  # a rank that raised leaves the other in a collective: fail it soon
+    if name == "fsdp":
+        return ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, timeout=timeout)
+    return DDPStrategy(timeout=timeout)
+
+
+def run(scenario: str, out: Path, strategy_name: str, *, crash: bool = False, resume: bool = False) -> None:
+    case_id, kind = SCENARIOS[scenario.removeprefix("resume_")]
+    case = case_by_id(case_id) if case_id else None
+    callbacks = [case.cls(**case.kwargs)] if case else []
+    extra = [CrashAt(task=1, step=5)] if crash else []
+    results, module = run_stream(
+        out / strategy_name, [*callbacks, *extra], kind=kind, max_steps=6, resume=resume,
+        module_kwargs=dict(case.module_kwargs) if case else None,
+        stream_kwargs=dict(case.stream_kwargs) if case else None,
+        trainer_kwargs=dict(strategy=strategy(strategy_name), devices=2, accelerator="cpu"))
+    held, total = sharded_numel(module)
+    weights = full_state(module.state_dict())  # a collective under FSDP
+    callback_state = callbacks[0].state_dict() if callbacks else {}  # gathered by the callback (a collective)
+    rank = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.save({"module": weights, "callback": callback_state, "results": results["matrices"],
+                "timing": results["timing"], "held": held, "total": total},
+               out / f"{strategy_name}{'-resumed' if resume else ''}-rank{rank}.pt")
+
+
+def main() -> None:
+    out, scenarios = Path(sys.argv[1]), sys.argv[2:]
+    rank = int(os.environ.get("LOCAL_RANK", "0"))
+    for scenario in scenarios:
+        (out / scenario).mkdir(parents=True, exist_ok=True)
+        try:
+            if scenario.startswith("resume_"):
+                for name in ("fsdp", "ddp"):
+                    run(scenario, out / scenario, name)  # the uninterrupted reference
+                    try:
+                        run(scenario, out / scenario / "crash", name, crash=True)
+                    except SimulatedCrash:
+                        pass
+                    run(scenario, out / scenario / "crash", name, resume=True)
+            else:
+                run(scenario, out / scenario, "fsdp")
+                run(scenario, out / scenario, "ddp")
+        except Exception:  # recorded for the test of this scenario
+            (out / scenario / f"error-rank{rank}.txt").write_text(traceback.format_exc())
+
+
+if __name__ == "__main__":
+    main()

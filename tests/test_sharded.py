@@ -1,0 +1,156 @@
+"""FSDP2 (Lightning's ModelParallelStrategy, 2 CPU processes, gloo) against DDP on the same tiny streams.
+
+Both are data parallel over the same batches with averaged gradients, so the sharded run must reach the weights,
+result matrices and callback state of the DDP run while each rank holds only half of every parameter; and a
+run killed mid-task and resumed must end where the uninterrupted run ends (under both strategies).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from clight_testing import tiny_module
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+from clight.callbacks import EWC, L2Anchor, Replay
+from clight.errors import ClightConfigError
+from clight.sharding import gather_full, transformer_blocks
+
+SCENARIOS = ["naive", "naive_causal_lm", "l2_anchor", "freeze_schedule", "hft", "replay_per_batch",
+             "replay_causal_lm", "der"]
+RESUMED = ["resume_naive", "resume_l2_anchor"]
+
+
+@pytest.fixture(scope="module")
+def sharded_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("sharded")
+    script = Path(__file__).resolve().parent / "sharded_harness_script.py"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run([sys.executable, str(script), str(out), *SCENARIOS, *RESUMED], env=env,
+                          capture_output=True, text=True, timeout=600)
+    return out, proc
+
+
+def _load(path: Path, proc: subprocess.CompletedProcess) -> dict[str, Any]:
+    errors = sorted(path.parent.glob("error-rank*.txt")) + sorted(path.parent.parent.glob("error-rank*.txt"))
+    assert not errors, "\n".join(e.read_text()[-3000:] for e in errors)
+    assert path.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    return torch.load(path, weights_only=True)
+
+
+def assert_close_tree(a: Any, b: Any, path: str = "state") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.shape == b.shape, f"{path}: {a.shape} vs {getattr(b, 'shape', b)}"
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=path)
+        else:
+            assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert set(a) == set(b), f"{path}: keys differ"
+        for k in a:
+            assert_close_tree(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{path}: length differs"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close_tree(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, abs=1e-6), path
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_fsdp_matches_ddp_with_half_the_parameters_per_rank(
+        scenario: str, sharded_runs: tuple[Path, subprocess.CompletedProcess]) -> None:
+    out, proc = sharded_runs
+    rank0 = _load(out / scenario / "fsdp-rank0.pt", proc)
+    rank1 = _load(out / scenario / "fsdp-rank1.pt", proc)
+    ddp = _load(out / scenario / "ddp-rank0.pt", proc)
+    assert rank0["held"] + rank1["held"] == rank0["total"] and rank0["held"] < rank0["total"]  # really split
+    assert ddp["held"] == ddp["total"]
+    assert_close_tree(rank0["module"], rank1["module"], "gathered weights, rank 0 vs 1")
+    assert_close_tree(rank0["module"], ddp["module"], "weights, FSDP vs DDP")
+    assert_close_tree(rank0["callback"], ddp["callback"], "callback state, FSDP vs DDP")
+    for metric, matrix in ddp["results"].items():
+        assert_close_tree(rank0["results"][metric]["matrix"], matrix["matrix"], metric)
+    # the stream checkpoint holds full tensors, like DDP's
+    fsdp_ckpt = torch.load(out / scenario / "fsdp" / "stream.pt", weights_only=True)
+    ddp_ckpt = torch.load(out / scenario / "ddp" / "stream.pt", weights_only=True)
+    assert_close_tree(fsdp_ckpt["module"], ddp_ckpt["module"], "stream.pt module")
+    assert_close_tree(fsdp_ckpt["callbacks"], ddp_ckpt["callbacks"], "stream.pt callbacks")
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+@pytest.mark.parametrize("scenario", RESUMED)
+def test_resumed_multi_process_run_ends_where_the_uninterrupted_one_does(
+        scenario: str, strategy: str, sharded_runs: tuple[Path, subprocess.CompletedProcess]) -> None:
+    # resume_naive trains a BERT with dropout: the ranks draw different masks, so every rank's RNG state must
+    # travel with the checkpoint (rank 0's alone made rank 1 diverge after a resume)
+    out, proc = sharded_runs
+    for rank in (0, 1):
+        ref = _load(out / scenario / f"{strategy}-rank{rank}.pt", proc)
+        resumed = _load(out / scenario / "crash" / f"{strategy}-resumed-rank{rank}.pt", proc)
+        assert resumed["timing"]["stages"][1]["resumed_mid_task"] is True
+        assert_close_tree(ref["module"], resumed["module"], f"rank {rank} weights")
+        assert_close_tree(ref["callback"], resumed["callback"], f"rank {rank} callback")
+        assert_close_tree(ref["results"], resumed["results"], f"rank {rank} results")
+
+
+def test_callbacks_without_sharded_support_are_refused_in_setup() -> None:
+    module = SimpleNamespace(automatic_optimization=True, capabilities=("loss_terms",))
+    with pytest.raises(ClightConfigError, match="EWC.*ModelParallelStrategy.*per-example gradients"):
+        EWC().setup(SimpleNamespace(strategy=ModelParallelStrategy()), module, "fit")
+    with pytest.raises(ClightConfigError, match="not tested under `FSDPStrategy`.*ModelParallelStrategy"):
+        L2Anchor().setup(SimpleNamespace(strategy=FSDPStrategy()), module, "fit")
+    L2Anchor().setup(SimpleNamespace(strategy=ModelParallelStrategy()), module, "fit")  # supported
+
+
+def test_replay_under_fsdp_needs_a_memory_row_per_rank() -> None:
+    module = SimpleNamespace(automatic_optimization=True, capabilities=("loss_terms",), task_loss=lambda b, o: 0)
+    data = SimpleNamespace(train_examples=[], collate=lambda rows: rows)
+    trainer = SimpleNamespace(strategy=ModelParallelStrategy(), world_size=4, datamodule=data)
+    with pytest.raises(ClightConfigError, match="`memory_size`: 2 examples for 4 ranks.*>= 4"):
+        Replay(memory_size=2).setup(trainer, module, "fit")
+
+
+def test_tensor_parallel_and_peft_are_refused_with_the_way_out() -> None:
+    class Mesh:
+        mesh_dim_names = ("data_parallel", "tensor_parallel")
+
+        def __getitem__(self, name: str) -> Any:
+            return SimpleNamespace(size=lambda: 2)
+
+    module = tiny_module("classification")
+    module.configure_stream(num_classes=4)
+    module._device_mesh = Mesh()
+    with pytest.raises(ClightConfigError, match="tensor_parallel_size=2.*tensor_parallel_size: 1"):
+        module._shard()
+    peft = tiny_module("classification", peft={"r": 2, "target_modules": ["query"]})
+    peft.configure_stream(num_classes=4)
+    peft._device_mesh = SimpleNamespace(mesh_dim_names=("data_parallel",))
+    with pytest.raises(ClightConfigError, match="model.peft.*ddp"):
+        peft._shard()
+
+
+def test_transformer_blocks_are_the_repeated_layers() -> None:
+    bert, llama = tiny_module("classification"), tiny_module("causal_lm")
+    bert.configure_stream(num_classes=4)
+    llama.configure_stream(vocab_size=384)
+    assert [type(b).__name__ for b in transformer_blocks(bert.backbone)] == ["BertLayer", "BertLayer"]
+    assert [type(b).__name__ for b in transformer_blocks(llama.backbone)] == ["LlamaDecoderLayer"] * 2
+
+
+def test_gather_full_leaves_plain_state_alone() -> None:
+    state = {"a": torch.ones(2), "b": [1, {"c": torch.zeros(1)}], "d": "x"}
+    out = gather_full(state)
+    assert out["d"] == "x" and out["b"][0] == 1 and torch.equal(out["a"], state["a"])
