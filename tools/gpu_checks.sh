@@ -5,7 +5,8 @@
 #     compiled: the same-device baseline for the clight figures;
 #  2. throughput of configs/llama_1b_pretraining.yaml (1.236B parameters, bf16-mixed, SDPA, fused AdamW,
 #     8 x 2048 tokens), naive eager vs naive compiled vs compiled with each callback that runs per step at scale;
-#  3. every contract case under FSDPStrategy (tools/fsdp_smoke.py): the outcome must match `supports_sharded`.
+#  3. every contract case under FSDP2 (ModelParallelStrategy, tools/fsdp_smoke.py) on the GPU: the outcome must
+#     match `supports_sharded`.
 # Usage: OUT=runs/gpu bash tools/gpu_checks.sh      (needs clight installed: pip install -e .)
 # On a lent GPU machine without jsonargparse and without internet, install it from wheels carried in .whl/
 # (gitignored; fill it with `pip download --no-deps -d .whl jsonargparse docstring-parser typeshed-client`):
