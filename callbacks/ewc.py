@@ -62,6 +62,9 @@ class EWC(QuadraticPenalty):
     """
 
     penalty_name = "ewc"
+    # under FSDP every rank runs the estimate's examples and keeps its shard's statistic; the penalty is
+    # elementwise on the shards (tests/test_sharded.py compares with DDP)
+    supports_sharded = True
 
     def __init__(
         self,

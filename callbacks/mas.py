@@ -50,6 +50,9 @@ class MAS(QuadraticPenalty):
     """
 
     penalty_name = "mas"
+    # under FSDP every rank runs the estimate's examples and keeps its shard's statistic; the penalty is
+    # elementwise on the shards (tests/test_sharded.py compares with DDP)
+    supports_sharded = True
 
     def __init__(
         self,

@@ -47,9 +47,7 @@ class QuadraticPenalty(ContinualCallback):
     penalty_name = "penalty"
     uses_importance = True
     anchor_update: Literal["latest", "weighted_mean"] = "latest"
-    sharded_reason = ("its importance is estimated from per-example gradients of the unwrapped module "
-                      "(`torch.autograd.grad`), which FSDP's sharded parameters do not receive; `L2Anchor`, which "
-                      "has no estimate, runs sharded")
+    sharded_reason = "it has not been shown to work on sharded parameters (EWC, MAS and L2Anchor have)"
 
     def __init__(self, *, strength: float, dtype: StateDtype = "float32", normalize: bool = True) -> None:
         super().__init__()
@@ -141,9 +139,22 @@ class QuadraticPenalty(ContinualCallback):
         self._to_device(pl_module.device)
         new = self.task_importance(trainer, pl_module, task)
         if new is not None and self.uses_importance:
-            self.importance_means.append(normalize_importance_(list(new.values())) if self.normalize
-                                         else float(torch.stack([t.double().mean() for t in new.values()]).mean()))
+            self.importance_means.append(self._normalize(trainer, list(new.values())) if self.normalize else
+                                         float(torch.stack([gather_full(t.double().mean()) for t in new.values()])
+                                               .mean()))
         self.consolidate(new, decay=self.decay)
+
+    @staticmethod
+    def _normalize(trainer: pl.Trainer, importances: list[Tensor]) -> float:
+        """:func:`normalize_importance_`, on each rank's shards under FSDP (the sum all-reduced once)."""
+        if not any(is_dtensor(t) for t in importances):
+            return normalize_importance_(importances)
+        shards = [local(t) for t in importances]
+        total = trainer.strategy.reduce(torch.stack([t.double().sum() for t in shards]).sum(), reduce_op="sum")
+        mean = float(total) / max(sum(t.numel() for t in importances), 1)  # DTensor numel: the full tensor's
+        if mean > 0:
+            torch._foreach_div_(shards, mean)
+        return mean
 
     @property
     def decay(self) -> float:
@@ -211,33 +222,46 @@ class QuadraticPenalty(ContinualCallback):
         home = pl_module.device
         device = getattr(getattr(trainer, "strategy", None), "root_device", None) or home
         world, rank = trainer.world_size, trainer.global_rank
+        # FSDP: every rank runs every example (its all-gathers and reduce-scatters are collectives, and the
+        # reduce-scattered gradient of an example all ranks saw is that example's gradient), and keeps the
+        # statistic of its own shard; otherwise the examples are split over the ranks and the sums all-reduced.
+        sharded = any(is_dtensor(p) for p in params)
         per = -(-n // world)
-        mine = list(range(rank * per, min((rank + 1) * per, n)))
+        shares = [range(r * per, min((r + 1) * per, n)) for r in (range(world) if sharded else [rank])]
+        micro = [list(share[i : i + batch_size]) for share in shares for i in range(0, len(share), batch_size)]
         modes = [(m, m.training) for m in pl_module.modules()]
         pl_module.to(device)
         sums = [torch.zeros_like(p, dtype=self._state_dtype(p)) for p in params]
+        acc = [local(t) for t in sums]
         pl_module.eval()
         try:
             with torch.enable_grad(), trainer.precision_plugin.forward_context():
-                for start in range(0, len(mine), batch_size):
-                    rows = mine[start : start + batch_size]
+                for rows in micro:  # under FSDP: every rank's micro-batches, as DDP's ranks would run them
                     batch = move_data_to_device(dm.collate([examples[int(chosen[i])] for i in rows]), device)
                     u = uniforms[rows].to(device) if uniforms is not None else None
                     loss = loss_fn(pl_module, batch, pl_module(batch), u)
-                    grads = torch.autograd.grad(loss, params, allow_unused=True)
-                    grads = [(gr if gr is not None else torch.zeros_like(p)).to(s.dtype)
-                             for gr, p, s in zip(grads, params, sums)]
-                    if statistic == "square":
-                        torch._foreach_addcmul_(sums, grads, grads, value=float(len(rows)))
+                    if sharded:
+                        for p in params:
+                            p.grad = None
+                        loss.backward()
+                        grads = [local(p.grad) if p.grad is not None else None for p in params]
                     else:
-                        torch._foreach_add_(sums, torch._foreach_abs(grads), alpha=float(len(rows)))
+                        grads = torch.autograd.grad(loss, params, allow_unused=True)
+                    grads = [(gr if gr is not None else torch.zeros_like(a)).to(a.dtype) for gr, a in zip(grads, acc)]
+                    if statistic == "square":
+                        torch._foreach_addcmul_(acc, grads, grads, value=float(len(rows)))
+                    else:
+                        torch._foreach_add_(acc, torch._foreach_abs(grads), alpha=float(len(rows)))
         finally:
             for module, training in modes:
                 module.training = training
-        if world > 1:
+            if sharded:
+                for p in params:  # the estimate's gradients are not the task's
+                    p.grad = None
+        if world > 1 and not sharded:
             flat = trainer.strategy.reduce(torch.cat([s.reshape(-1) for s in sums]), reduce_op="sum")
-            sums = [f.view_as(s) for f, s in zip(flat.split([s.numel() for s in sums]), sums)]
-        torch._foreach_div_(sums, float(max(n, 1)))
+            sums = acc = [f.view_as(s) for f, s in zip(flat.split([s.numel() for s in sums]), sums)]
+        torch._foreach_div_(acc, float(max(n, 1)))
         pl_module.to(home)
         return {name: s.to(home) for (name, _), s in zip(self._tracked, sums)}
 

@@ -38,6 +38,9 @@ SCENARIOS = {
     "replay_causal_lm": ("replay_causal_lm", "causal_lm"),
     "hft": ("hft", "classification"),
     "der": ("der", "classification"),
+    "ewc": ("ewc", "classification"),
+    "online_ewc_true_fisher_causal_lm": ("online_ewc_true_fisher_causal_lm", "causal_lm"),
+    "mas": ("mas", "classification"),
 }
 
 
