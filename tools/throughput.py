@@ -88,12 +88,16 @@ class ThroughputClock(Callback):
                 self.seconds = time.perf_counter() - self.t0
 
 
-def _callbacks_of(method: str) -> list[Callback]:
+def _callbacks_of(method: str, estimate_examples: int) -> list[Callback]:
     if method == "naive":
         return []
     spec = yaml.safe_load(Path(method).read_text()) or {}
     entries = (spec.get("trainer") or {}).get("callbacks") or []
-    return [instantiate_class((), entry) for entry in entries]
+    callbacks = [instantiate_class((), entry) for entry in entries]
+    for cb in callbacks:  # the task-end estimate (EWC's Fisher, MAS) is not timed: keep the priming task short
+        if isinstance(getattr(cb, "num_examples", None), int):
+            cb.num_examples = min(cb.num_examples, estimate_examples)
+    return callbacks
 
 
 def flops_per_token(module: pl.LightningModule, seq_len: int) -> float:
@@ -103,12 +107,12 @@ def flops_per_token(module: pl.LightningModule, seq_len: int) -> float:
 
 
 def measure(cli: ContinualCLI, trainer_kwargs: dict[str, Any], method: str, *, prime_steps: int, warmup: int,
-            steps: int) -> dict[str, Any]:
+            steps: int, estimate_examples: int = 16) -> dict[str, Any]:
     module, data = cli.model, cli.datamodule
     module._loss_terms.clear()  # terms of the previous method's callbacks
     for p in module.parameters():
         p.requires_grad_(True)
-    callbacks = _callbacks_of(method)
+    callbacks = _callbacks_of(method, estimate_examples)
     clock = ThroughputClock(warmup)
     base = {k: v for k, v in trainer_kwargs.items() if k not in ("callbacks", "logger", "max_steps", "max_epochs")}
     base.update(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -144,6 +148,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per method")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them (compilation, allocator)")
     parser.add_argument("--prime-steps", type=int, default=2, help="steps of the first task")
+    parser.add_argument("--estimate-examples", type=int, default=16,
+                        help="cap on a callback's `num_examples` (its untimed task-end estimate, e.g. EWC's Fisher)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by name)")
     parser.add_argument("--tiny", action="store_true", help="tiny model on CPU: a dry run of the same code")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
@@ -163,7 +169,7 @@ def main() -> None:
     for method in args.methods:
         try:
             row = measure(cli, trainer_kwargs, method, prime_steps=args.prime_steps, warmup=args.warmup,
-                          steps=args.steps)
+                          steps=args.steps, estimate_examples=args.estimate_examples)
         except torch.OutOfMemoryError as err:  # report it and go on with the next method
             print(f"{method}: out of memory: {str(err).splitlines()[0]}", flush=True)
             row = {"method": Path(method).stem, "tokens_per_s": None, "tflops_per_s": None, "peak_mem_gib": None,
