@@ -7,8 +7,10 @@ on dim 0) and the blocks are all-gathered one at a time in forward and backward.
 ``FSDPStrategy``: FSDP1 refuses a CPU-only machine, FSDP2 runs on CPU ranks with gloo, so the sharded path is tested
 on every CI run (2 CPU processes), not only where a GPU is lent; on GPUs it is PyTorch's recommended FSDP.
 
-The stream runner starts a fresh Trainer per task; the sharding is applied once and kept (a module that is already
-sharded is left as it is), and the parameters stay the same objects, so callbacks holding them keep working.
+The stream runner starts a fresh Trainer per task; the sharding is applied once, in the first task's
+``configure_model`` (after the callbacks' ``setup``: ``requires_grad`` set there carries over to the sharded
+parameters), and kept: a module that is already sharded is left as it is, so from then on the parameters are the
+same ``DTensor`` objects in every task.
 """
 
 from __future__ import annotations
