@@ -17,6 +17,7 @@ from clight.callbacks.rehearsal import check_arg
 from clight.callbacks.weight_space import trainable_parameters
 from clight.errors import ClightConfigError
 from clight.functional.penalties import distillation_kl, feature_distance
+from clight.hub import transformer_blocks
 from clight.task import TaskInfo
 
 TeacherDevice = Literal["same", "cpu"]
@@ -174,20 +175,6 @@ class Distillation(TeacherCallback):
         self.old_classes = [int(c) for c in state_dict["old_classes"]]
 
 
-def transformer_blocks(module: nn.Module) -> nn.ModuleList:
-    """The stack of transformer blocks of a Hugging Face model (BERT's ``encoder.layer``, Llama's
-    ``model.layers``, ...): the first ``nn.ModuleList`` with ``config.num_hidden_layers`` entries."""
-    config = getattr(module, "config", None)
-    depth = getattr(config, "num_hidden_layers", None)
-    for sub in module.modules():
-        if isinstance(sub, nn.ModuleList) and len(sub) == depth and depth:
-            return sub
-    raise ClightConfigError(
-        f"`FeatureDistillation` could not find the transformer blocks of {type(module).__name__} (an "
-        f"`nn.ModuleList` of `config.num_hidden_layers` = {depth} blocks). Use a Hugging Face model, or "
-        "`Distillation` on the outputs.")
-
-
 class FeatureDistillation(TeacherCallback):
     """Keep chosen hidden layers close to the previous task's model, layer by layer.
 
@@ -258,6 +245,12 @@ class FeatureDistillation(TeacherCallback):
             return
         backbone = getattr(pl_module, "backbone", pl_module)
         blocks = transformer_blocks(backbone)
+        if blocks is None:
+            depth = getattr(getattr(backbone, "config", None), "num_hidden_layers", None)
+            raise ClightConfigError(
+                f"`FeatureDistillation` could not find the transformer blocks of {type(backbone).__name__} (an "
+                f"`nn.ModuleList` of `config.num_hidden_layers` = {depth} blocks). Use a Hugging Face model, or "
+                "`Distillation` on the outputs.")
         bad = [i for i in self.layers if not -len(blocks) <= i < len(blocks)]
         if bad:
             raise ClightConfigError(f"`layers`: {bad} out of range for a model of {len(blocks)} blocks; use "

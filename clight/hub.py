@@ -1,9 +1,12 @@
-"""Resolve model and tokenizer locations to local folders. clight never downloads at run time."""
+"""Hugging Face models: resolve model and tokenizer locations to local folders (clight never downloads at run
+time), and find a model's stack of transformer blocks."""
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
+
+from torch import nn
 
 from clight.errors import ClightConfigError
 
@@ -55,3 +58,14 @@ def resolve_pretrained_path(spec: str, *, argument: str = "model") -> Path:
             "config.json, as written by `save_pretrained`)."
         )
     return path
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList | None:
+    """The stack of transformer blocks of a Hugging Face model (BERT's ``encoder.layer``, Llama's
+    ``model.layers``, ...): the first ``nn.ModuleList`` with ``config.num_hidden_layers`` entries; ``None`` when
+    there is none."""
+    depth = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for sub in model.modules():
+        if isinstance(sub, nn.ModuleList) and len(sub) == depth and depth:
+            return sub
+    return None

@@ -21,6 +21,8 @@ from typing import Any
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
+from clight.hub import transformer_blocks
+
 
 def is_dtensor(t: Any) -> bool:
     return isinstance(t, DTensor)
@@ -35,18 +37,6 @@ def full_state(state: Mapping[str, Any]) -> dict[str, Any]:
     """``state`` with every ``DTensor`` gathered into a full CPU tensor. A collective when there are DTensors:
     every rank must call it, with the same keys in the same order."""
     return {k: (v.full_tensor().detach().cpu() if isinstance(v, DTensor) else v) for k, v in state.items()}
-
-
-def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of a transformer: the longest ``nn.ModuleList`` whose entries all have one class
-    (``encoder.layer`` of BERT, ``model.layers`` of Llama); empty when there is none."""
-    best: list[nn.Module] = []
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) > len(best):
-            kinds = {type(m) for m in module}
-            if len(kinds) == 1:
-                best = list(module)
-    return best
 
 
 def is_sharded_module(model: nn.Module) -> bool:
@@ -67,7 +57,7 @@ def shard_module(module: nn.Module, mesh: Any) -> bool:
         return False
     if mesh is not None and mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names:
         mesh = mesh["data_parallel"]
-    for block in transformer_blocks(backbone):
+    for block in transformer_blocks(backbone) or []:
         fully_shard(block, mesh=mesh)
     fully_shard(backbone, mesh=mesh)
     head = getattr(module, "head", None)

@@ -21,7 +21,8 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
 from clight.callbacks import SI, L2Anchor, Replay
 from clight.errors import ClightConfigError
-from clight.sharding import gather_full, transformer_blocks
+from clight.hub import transformer_blocks
+from clight.sharding import gather_full
 
 SCENARIOS = ["naive", "naive_causal_lm", "l2_anchor", "ewc", "online_ewc_true_fisher_causal_lm", "mas",
              "freeze_schedule", "hft", "replay_per_batch", "replay_causal_lm", "der"]
