@@ -224,28 +224,10 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
 
     def configure_model(self) -> None:
         if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
-            self._shard()
+            shard_module(self, self.device_mesh)  # FSDP2, once: later tasks' Trainers find it sharded
         if self.compile and not getattr(self, "_compiled", False):
             self.backbone = torch.compile(self.backbone)
             self._compiled = True
-
-    def _shard(self) -> None:
-        """FSDP2 under ``ModelParallelStrategy``: data parallel only, applied once (see :mod:`clight.sharding`)."""
-        if self.backbone is None:
-            raise RuntimeError("call `configure_stream(...)` (the runner does) before fitting the module.")
-        mesh = self.device_mesh
-        tp = mesh["tensor_parallel"].size() if mesh.mesh_dim_names and "tensor_parallel" in mesh.mesh_dim_names else 1
-        if tp != 1:
-            raise ClightConfigError(
-                f"`trainer.strategy`: ModelParallelStrategy with tensor_parallel_size={tp}; clight shards the model "
-                "with FSDP2 over the data-parallel dimension only. Set `tensor_parallel_size: 1` and "
-                "`data_parallel_size` to the number of devices (its `auto` default puts the devices on the "
-                "tensor-parallel dimension).")
-        if self.peft_model is not None:
-            raise ClightConfigError(
-                "`model.peft`: LoRA adapters are not sharded by clight yet (adding or merging an adapter needs the "
-                "whole weight). Train the adapter under `trainer.strategy: ddp`, or drop `model.peft` to shard.")
-        shard_module(self, mesh)  # later tasks' Trainers find it sharded and leave it
 
     # ---- loss terms -----------------------------------------------------------------------------------------
     def register_loss_term(self, name: str, fn: LossTerm, weight: float = 1.0) -> None:

@@ -34,7 +34,7 @@ from clight.reporting import (
     save_figure_png,
     write_results_json,
 )
-from clight.sharding import full_state, gather_full
+from clight.sharding import gather_full
 from clight.tb import StreamTensorBoardLogger
 from clight.timing import StepTimer
 
@@ -272,12 +272,11 @@ class StreamRunner:
                     ) -> None:
         # Sharded (FSDP) parameters and callback state are gathered on every rank (collectives); plain ones are
         # read on rank 0 only.
-        sharded = is_sharded(trainer.strategy)
-        gathered = (module_checkpoint_state(module), self._callback_states()) if sharded else None
+        if trainer.is_global_zero or is_sharded(trainer.strategy):
+            module_state, module_base = module_checkpoint_state(module)
+            callback_states = self._callback_states()
         if trainer.is_global_zero:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (module_state, module_base), callback_states = gathered or (module_checkpoint_state(module),
-                                                                       self._callback_states())
             payload = {
                 "format_version": FORMAT_VERSION,
                 "stream": datamodule.fingerprint(),
@@ -384,8 +383,8 @@ def module_checkpoint_state(module: pl.LightningModule) -> tuple[dict[str, torch
     :class:`~clight.module.ContinualModule` (see its ``checkpoint_state``), else the full state dict."""
     if hasattr(module, "checkpoint_state"):
         state, base = module.checkpoint_state()
-        return full_state(state), base
-    return {k: v.detach().cpu() for k, v in full_state(module.state_dict()).items()}, None
+        return gather_full(state), base
+    return {k: v.detach().cpu() for k, v in gather_full(module.state_dict()).items()}, None
 
 
 def load_module_state(module: pl.LightningModule, state: dict[str, torch.Tensor], base: dict[str, Any] | None) -> None:

@@ -15,12 +15,12 @@ same ``DTensor`` objects in every task.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
+from clight.errors import ClightConfigError
 from clight.hub import transformer_blocks
 
 
@@ -33,12 +33,6 @@ def local(t: Tensor) -> Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
-def full_state(state: Mapping[str, Any]) -> dict[str, Any]:
-    """``state`` with every ``DTensor`` gathered into a full CPU tensor. A collective when there are DTensors:
-    every rank must call it, with the same keys in the same order."""
-    return {k: (v.full_tensor().detach().cpu() if isinstance(v, DTensor) else v) for k, v in state.items()}
-
-
 def is_sharded_module(model: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
@@ -46,8 +40,9 @@ def is_sharded_module(model: nn.Module) -> bool:
 
 
 def shard_module(module: nn.Module, mesh: Any) -> bool:
-    """Apply ``fully_shard`` to the blocks, the backbone and the head of ``module`` over ``mesh`` (its
-    ``data_parallel`` dimension when it has one). Returns False (and changes nothing) when already sharded."""
+    """Apply ``fully_shard`` to the blocks, the backbone and the head of ``module`` (a
+    :class:`~clight.module.ContinualModule`) over the data-parallel dimension of ``mesh``. Returns False (and
+    changes nothing) when already sharded. Tensor parallelism and peft adapters are refused with the way out."""
     from torch.distributed.fsdp import fully_shard
 
     backbone = module.backbone
@@ -55,7 +50,19 @@ def shard_module(module: nn.Module, mesh: Any) -> bool:
         raise RuntimeError("call `configure_stream(...)` (the runner does) before sharding the module.")
     if is_sharded_module(backbone):
         return False
-    if mesh is not None and mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names:
+    names = mesh.mesh_dim_names or ()
+    tp = mesh["tensor_parallel"].size() if "tensor_parallel" in names else 1
+    if tp != 1:
+        raise ClightConfigError(
+            f"`trainer.strategy`: ModelParallelStrategy with tensor_parallel_size={tp}; clight shards the model "
+            "with FSDP2 over the data-parallel dimension only. Set `tensor_parallel_size: 1` and "
+            "`data_parallel_size` to the number of devices (its `auto` default puts the devices on the "
+            "tensor-parallel dimension).")
+    if getattr(module, "peft_model", None) is not None:
+        raise ClightConfigError(
+            "`model.peft`: LoRA adapters are not sharded by clight yet (adding or merging an adapter needs the "
+            "whole weight). Train the adapter under `trainer.strategy: ddp`, or drop `model.peft` to shard.")
+    if "data_parallel" in names:
         mesh = mesh["data_parallel"]
     for block in transformer_blocks(backbone) or []:
         fully_shard(block, mesh=mesh)

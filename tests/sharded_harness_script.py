@@ -26,7 +26,7 @@ from cases import case_by_id  # noqa: E402
 from clight_testing import CrashAt, SimulatedCrash, run_stream  # noqa: E402
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy  # noqa: E402
 
-from clight.sharding import full_state, sharded_numel  # noqa: E402
+from clight.sharding import gather_full, sharded_numel  # noqa: E402
 
 # scenario -> (contract case id or None for no callback, model kind)
 SCENARIOS = {
@@ -62,7 +62,7 @@ def run(scenario: str, out: Path, strategy_name: str, *, crash: bool = False, re
         stream_kwargs=dict(case.stream_kwargs) if case else None,
         trainer_kwargs=dict(strategy=strategy(strategy_name), devices=2, accelerator="cpu"))
     held, total = sharded_numel(module)
-    weights = full_state(module.state_dict())  # a collective under FSDP
+    weights = gather_full(module.state_dict())  # a collective under FSDP
     callback_state = callbacks[0].state_dict() if callbacks else {}  # gathered by the callback (a collective)
     rank = int(os.environ.get("LOCAL_RANK", "0"))
     torch.save({"module": weights, "callback": callback_state, "results": results["matrices"],

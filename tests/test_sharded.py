@@ -22,7 +22,7 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from clight.callbacks import SI, L2Anchor, Replay
 from clight.errors import ClightConfigError
 from clight.hub import transformer_blocks
-from clight.sharding import gather_full
+from clight.sharding import gather_full, shard_module
 
 SCENARIOS = ["naive", "naive_causal_lm", "l2_anchor", "ewc", "online_ewc_true_fisher_causal_lm", "mas",
              "freeze_schedule", "hft", "replay_per_batch", "replay_causal_lm", "der"]
@@ -133,14 +133,12 @@ def test_tensor_parallel_and_peft_are_refused_with_the_way_out() -> None:
 
     module = tiny_module("classification")
     module.configure_stream(num_classes=4)
-    module._device_mesh = Mesh()
     with pytest.raises(ClightConfigError, match="tensor_parallel_size=2.*tensor_parallel_size: 1"):
-        module._shard()
+        shard_module(module, Mesh())
     peft = tiny_module("classification", peft={"r": 2, "target_modules": ["query"]})
     peft.configure_stream(num_classes=4)
-    peft._device_mesh = SimpleNamespace(mesh_dim_names=("data_parallel",))
     with pytest.raises(ClightConfigError, match="model.peft.*ddp"):
-        peft._shard()
+        shard_module(peft, SimpleNamespace(mesh_dim_names=("data_parallel",)))
 
 
 def test_transformer_blocks_are_the_repeated_layers() -> None:
