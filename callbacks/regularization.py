@@ -149,12 +149,9 @@ class QuadraticPenalty(ContinualCallback):
         """:func:`normalize_importance_`, on each rank's shards under FSDP (the sum all-reduced once)."""
         if not any(is_dtensor(t) for t in importances):
             return normalize_importance_(importances)
-        shards = [local(t) for t in importances]
-        total = trainer.strategy.reduce(torch.stack([t.double().sum() for t in shards]).sum(), reduce_op="sum")
-        mean = float(total) / max(sum(t.numel() for t in importances), 1)  # DTensor numel: the full tensor's
-        if mean > 0:
-            torch._foreach_div_(shards, mean)
-        return mean
+        return normalize_importance_([local(t) for t in importances],  # DTensor numel: the full tensor's
+                                     count=sum(t.numel() for t in importances),
+                                     reduce=lambda total: trainer.strategy.reduce(total, reduce_op="sum"))
 
     @property
     def decay(self) -> float:

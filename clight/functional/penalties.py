@@ -7,6 +7,8 @@ accumulated gradient in one pass of ``torch._foreach_*`` kernels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -83,13 +85,17 @@ def add_quadratic_penalty_grad_(grads: list[Tensor], params: list[Tensor], ancho
     return 0.5 * strength * total if total is not None else None
 
 
-def normalize_importance_(importances: list[Tensor]) -> float:
+def normalize_importance_(importances: list[Tensor], *, count: int | None = None,
+                          reduce: Callable[[Tensor], Tensor] | None = None) -> float:
     """Divide ``importances`` in place by their mean over all elements (so it becomes 1); return that mean.
 
     Keeps the strength ``λ`` on the same scale for every model size and estimator (a normalised Ω has mean 1,
-    the Ω of plain L2). A zero mean leaves them untouched."""
+    the Ω of plain L2). A zero mean leaves them untouched. For shards of larger tensors (FSDP), ``reduce`` sums
+    the local total over the ranks and ``count`` is the number of elements of the full tensors."""
     total = torch.stack([t.double().sum() for t in importances]).sum()
-    count = sum(t.numel() for t in importances)
+    if reduce is not None:
+        total = reduce(total)
+    count = sum(t.numel() for t in importances) if count is None else count
     mean = float(total) / max(count, 1)
     if mean > 0:
         torch._foreach_div_(importances, mean)
