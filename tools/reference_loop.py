@@ -22,9 +22,20 @@ import yaml
 from transformers import AutoConfig, AutoModelForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
+# shared with tools/throughput.py, so both tools time the same tiny model and count FLOPs the same way
 TINY = dict(model_type="llama", vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of a known accelerator, by name (None for others, e.g. the CPU)."""
+    return next((v for k, v in PEAK_TFLOPS.items() if k in device_name), None)
+
+
+def flops_per_token(params: int, config, seq_len: int) -> float:
+    """Training FLOPs per token, ``6 N + 6 L d T`` (PaLM appendix B without the embedding exception)."""
+    return 6.0 * params + 6.0 * config.num_hidden_layers * config.hidden_size * seq_len
 
 
 def timed(step, steps: int, warmup: int, device: torch.device) -> float:
@@ -67,10 +78,10 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), **opt)
     ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
     params = sum(p.numel() for p in model.parameters())
-    flops_per_token = 6.0 * params + 6.0 * config.num_hidden_layers * config.hidden_size * seq
+    flops = flops_per_token(params, config, seq)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    peak = peak_tflops(name)
     rows = []
 
     def run(label: str, forward) -> None:
@@ -85,8 +96,8 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         seconds = timed(step, args.steps, args.warmup, device)
         tps = args.steps * batch * seq / seconds
-        row = {"method": label, "tokens_per_s": tps, "tflops_per_s": tps * flops_per_token / 1e12,
-               "mfu": tps * flops_per_token / 1e12 / peak if peak else None,
+        row = {"method": label, "tokens_per_s": tps, "tflops_per_s": tps * flops / 1e12,
+               "mfu": tps * flops / 1e12 / peak if peak else None,
                "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
         rows.append(row)
         print(json.dumps(row), flush=True)

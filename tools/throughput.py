@@ -45,6 +45,8 @@ import yaml  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 from lightning.pytorch.cli import instantiate_class  # noqa: E402
 from lightning.pytorch.strategies import Strategy  # noqa: E402
+from reference_loop import TINY as TINY_LLAMA  # noqa: E402
+from reference_loop import flops_per_token, peak_tflops  # noqa: E402
 
 from clight.cli import ContinualCLI  # noqa: E402
 
@@ -52,14 +54,11 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARN
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "--model.config", json.dumps(dict(model_type="llama", vocab_size=1024, hidden_size=64, intermediate_size=128,
-                                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=128, tie_word_embeddings=True)),
+    "--model.config", json.dumps(TINY_LLAMA),
     "--model.compile", "false", "--model.optimizer.init_args.fused", "false",
     "--data.init_args.max_length", "64", "--data.init_args.batch_size", "4", "--data.init_args.train_tokenizer_vocab",
     "512", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
 ]
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
 class ThroughputClock(Callback):
@@ -100,12 +99,6 @@ def _callbacks_of(method: str, estimate_examples: int) -> list[Callback]:
     return callbacks
 
 
-def flops_per_token(module: pl.LightningModule, seq_len: int) -> float:
-    config = module.backbone.config
-    params = sum(p.numel() for p in module.parameters())
-    return 6.0 * params + 6.0 * config.num_hidden_layers * config.hidden_size * seq_len
-
-
 def measure(cli: ContinualCLI, trainer_kwargs: dict[str, Any], method: str, *, prime_steps: int, warmup: int,
             steps: int, estimate_examples: int = 16) -> dict[str, Any]:
     module, data = cli.model, cli.datamodule
@@ -127,9 +120,10 @@ def measure(cli: ContinualCLI, trainer_kwargs: dict[str, Any], method: str, *, p
         trainer = pl.Trainer(**kwargs, callbacks=[*callbacks, *extra], max_steps=max_steps)
         trainer.fit(module, datamodule=data)
     seq = data.max_length
+    flops = flops_per_token(sum(p.numel() for p in module.parameters()), module.backbone.config, seq)
     row = {"method": Path(method).stem, "steps": clock.steps, "tokens": clock.tokens, "seconds": clock.seconds,
            "tokens_per_s": clock.tokens / clock.seconds if clock.seconds else None,
-           "tflops_per_s": clock.tokens * flops_per_token(module, seq) / clock.seconds / 1e12 if clock.seconds else None,
+           "tflops_per_s": clock.tokens * flops / clock.seconds / 1e12 if clock.seconds else None,
            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
            "world_size": trainer.world_size}
     if row["tokens_per_s"] is not None:  # tokens over all ranks
@@ -164,7 +158,7 @@ def main() -> None:
     cli.datamodule.prepare_stream()
     cli.model.configure_stream(vocab_size=len(cli.datamodule.tokenizer))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in device), None)
+    peak = args.peak_tflops or peak_tflops(device)
     rows = []
     for method in args.methods:
         try:
