@@ -50,10 +50,10 @@ class ContinualCallback(Callback):
     ``setup``, naming the strategy and a way out (``sharded_reason`` says what it needs). FSDP1
     (``FSDPStrategy``) and DeepSpeed are refused by every callback: they are not tested.
     ``on_task_start`` is dispatched from ``on_fit_start`` (from ``on_train_start`` under sharded strategies, which
-    restore a checkpoint's callback state after ``on_fit_start``) and runs again when a task is
-    resumed mid-way, so it must be idempotent (a subclass overriding ``on_train_start`` calls ``super()``); ``on_task_end`` is dispatched from ``on_train_end`` (the
-    model still on its device) and runs exactly once per finished task (from ``on_fit_end`` when a resumed fit
-    skips the training loop).
+    restore a checkpoint's callback state after ``on_fit_start``) and runs again when a task is resumed mid-way,
+    so it must be idempotent (a subclass overriding ``on_train_start`` calls ``super()``); ``on_task_end`` is
+    dispatched from ``on_train_end`` (the model still on its device) and runs exactly once per finished task
+    (from ``on_fit_end`` when a resumed fit skips the training loop).
 
     Works in any Lightning project with one ``trainer.fit`` per task: the callback counts finished tasks itself.
     """
