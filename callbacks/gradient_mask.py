@@ -22,6 +22,16 @@ from clight.functional.masking import (
     topk_masks,
     unpack_bits,
 )
+from clight.sharding import (
+    gather_full,
+    gather_pieces,
+    is_dtensor,
+    like_param,
+    local,
+    local_rows,
+    row_shards,
+    shard_rank,
+)
 from clight.task import TaskInfo
 
 Mode = Literal["magnitude", "importance", "sparse"]
@@ -82,8 +92,10 @@ class GradientMask(ContinualCallback):
               init_args: {mode: importance, fraction: 0.2, importance: fisher}
     """
 
-    sharded_reason = ("its masks, thresholds and stashed weights are kept per full parameter tensor, which a sharded "
-                      "strategy splits across ranks; use `FreezeParameters` or `HalfFineTuning` there")
+    # Under FSDP2 every per-step buffer is per shard; the magnitude threshold is drawn from the full tensors'
+    # sample (gathered, one all_gather per step) and the task-end folds gather full tensors, so masks are
+    # those of a DDP run (tests/test_sharded.py compares them).
+    supports_sharded = True
 
     def __init__(
         self,
@@ -154,7 +166,7 @@ class GradientMask(ContinualCallback):
     def on_task_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo) -> None:
         # Runs again when a task resumes mid-way: the state loaded from the mid-task checkpoint is kept.
         if self.mode == "sparse" and self._start_task != task.index:
-            self._start = {n: p.detach().float().cpu().clone() for n, p in self._in_scope(pl_module)}
+            self._start = {n: gather_full(p.detach()).float().cpu().clone() for n, p in self._in_scope(pl_module)}
             self._start_task = task.index
         if self.mode == "importance" and self._acc_task != task.index:
             self._acc, self._acc_steps, self._acc_task = {}, 0, task.index
@@ -163,7 +175,9 @@ class GradientMask(ContinualCallback):
         super().on_train_start(trainer, pl_module)
         self._scope = self._in_scope(pl_module)
         device = self._scope[0][1].device if self._scope else torch.device("cpu")
-        self._acc = {n: a.to(device) for n, a in self._acc.items()}
+        params = dict(self._scope)
+        # a loaded accumulator is a full CPU tensor: back on the device, sharded like its parameter under FSDP
+        self._acc = {n: like_param(a, params[n]) if n in params else a.to(device) for n, a in self._acc.items()}
         self._index, self._buffers, self._flags, self._dense, self._armed = {}, {}, {}, {}, None
         masked = total = 0
         for name, p in self._scope:
@@ -171,8 +185,8 @@ class GradientMask(ContinualCallback):
             mask = self.masks.get(name)
             if mask is None:
                 continue
-            index = mask.reshape(-1).nonzero().view(-1)
-            masked += index.numel()
+            masked += int(mask.sum())
+            index = local_rows(mask, p).reshape(-1).nonzero().view(-1)  # this rank's rows under FSDP
             if index.numel():
                 self._index[name] = index.to(device)
                 self._buffers[name] = torch.empty(index.numel(), dtype=p.dtype, device=device)
@@ -209,34 +223,43 @@ class GradientMask(ContinualCallback):
         if not live:
             return
         names = [n for n, _ in live]
-        params = [p for _, p in live]
-        grads = [p.grad for p in params]
+        params = [local(p) for _, p in live]  # this rank's shards under FSDP2: every step's work is elementwise
+        grads = [local(p.grad) for _, p in live]
+        accs = [local(self._acc_buffer(n, p)) for n, p in live] if self.mode == "importance" else []
         if self.mode == "importance" and self.importance == "fisher":
-            accs = [self._acc_buffer(n, p) for n, p in live]
             torch._foreach_addcmul_(accs, grads, grads)
         if self.mode == "importance":
             self._acc_steps += 1
         if self.mode == "magnitude":
-            for g, lam in zip(grads, magnitude_thresholds(grads, self.fraction, self.scope, self.sample_size)):
+            for g, lam in zip(grads, self._thresholds([p for _, p in live], grads)):
                 if lam >= 0:
                     torch.hardshrink(g, lam, out=g)  # g if |g| > λ else 0
-            stash = [self._buffer(self._buffers, n, p) for n, p in live]
+            stash = [self._buffer(self._buffers, n, p) for n, p in zip(names, params)]
             torch._foreach_copy_(stash, params)
             self._armed = ("magnitude", [names, params, grads, stash])
             self.steps += 1
             return
-        fixed = [(n, p) for n, p in live if n in self._index]
-        for n, p in fixed:
+        fixed = [(n, p, g) for n, p, g in zip(names, params, grads) if n in self._index]
+        for n, p, g in fixed:
             index = self._index[n]
-            p.grad.view(-1).index_fill_(0, index, 0)
+            g.view(-1).index_fill_(0, index, 0)
             torch.index_select(p.view(-1), 0, index, out=self._buffers[n])
         dense = None
         if self.mode == "importance" and self.importance == "path":
-            dense = [self._buffer(self._dense, n, p) for n, p in live]
+            dense = [self._buffer(self._dense, n, p) for n, p in zip(names, params)]
             torch._foreach_copy_(dense, params)
         if fixed or dense is not None:
-            self._armed = ("fixed", [fixed, names, params, grads, dense])
+            self._armed = ("fixed", [fixed, params, grads, dense, accs])
             self.steps += int(bool(fixed))
+
+    def _thresholds(self, params: list[Tensor], grads: list[Tensor]) -> list[float]:
+        """The magnitude thresholds of the full gradients (from every rank's share of the sample under FSDP2)."""
+        if not is_dtensor(params[0]):
+            return magnitude_thresholds(grads, self.fraction, self.scope, self.sample_size)
+        group = params[0].device_mesh.get_group()
+        return magnitude_thresholds(grads, self.fraction, self.scope, self.sample_size,
+                                    shards=[row_shards(p) for p in params], rank=shard_rank(params[0]),
+                                    gather=lambda pieces, counts: gather_pieces(pieces, counts, group))
 
     def _acc_buffer(self, name: str, p: Tensor) -> Tensor:
         acc = self._acc.get(name)
@@ -257,14 +280,14 @@ class GradientMask(ContinualCallback):
                 torch.eq(g, 0, out=flag)
                 torch.where(flag, s, p, out=p)
             return
-        fixed, names, params, grads, dense = payload
-        for n, p in fixed:
+        fixed, params, grads, dense, accs = payload
+        for n, p, _ in fixed:
             p.view(-1).index_copy_(0, self._index[n], self._buffers[n])
         if dense is not None:  # path importance: |g · Δθ| of this step, masked entries included (Δθ = 0)
             torch._foreach_sub_(dense, params)  # θ_before − θ_after
             torch._foreach_mul_(dense, grads)
             torch._foreach_abs_(dense)
-            torch._foreach_add_([self._acc_buffer(n, p) for n, p in zip(names, params)], dense)
+            torch._foreach_add_(accs, dense)
 
     # ---- task end -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -276,7 +299,7 @@ class GradientMask(ContinualCallback):
 
     def _fold_importance(self) -> None:
         names = list(self._acc)
-        task = [self._acc[n].float().cpu() / max(1, self._acc_steps) for n in names]
+        task = [gather_full(self._acc[n]).float().cpu() / max(1, self._acc_steps) for n in names]  # full tensors
         peak = max(float(t.max()) for t in task)  # max, not mean: exact whatever the reduction order
         for n, t in zip(names, task):
             if peak > 0:
@@ -292,20 +315,19 @@ class GradientMask(ContinualCallback):
         names = [n for n in self._start if n in params]
         free = [~self.masks[n] if n in self.masks else torch.ones_like(self._start[n], dtype=torch.bool)
                 for n in names]
-        change = [(params[n].detach().float().cpu() - self._start[n]).abs().masked_fill_(~f, -1.0)
-                  for n, f in zip(names, free)]
+        now = [gather_full(params[n].detach()).float().cpu() for n in names]  # full tensors under FSDP2 too
+        change = [(w - self._start[n]).abs().masked_fill_(~f, -1.0) for n, w, f in zip(names, now, free)]
         if self.scope == "tensor":
             regions = [topk_mask(c, min(round(self.fraction * c.numel()), int(f.sum()))) for c, f in zip(change, free)]
         else:
             flat = torch.cat([c.reshape(-1) for c in change])
             k = min(round(self.fraction * flat.numel()), int(sum(int(f.sum()) for f in free)))
             regions = [m.view(c.shape) for m, c in zip(topk_mask(flat, k).split([c.numel() for c in change]), change)]
-        for n, f, region in zip(names, free, regions):
+        for n, w, f, region in zip(names, now, free, regions):
             region &= f
-            if self.reset:
+            if self.reset:  # back to the start outside the masks and the new region (float32 holds both exactly)
                 p = params[n]
-                undo = (f & ~region).to(p.device)
-                p.copy_(torch.where(undo, self._start[n].to(device=p.device, dtype=p.dtype), p))
+                local(p).copy_(local_rows(torch.where(f & ~region, self._start[n], w), p))
             self.masks[n] = ~f | region
         self._start, self._start_task = {}, -1
 
@@ -317,7 +339,7 @@ class GradientMask(ContinualCallback):
             "masks": {n: pack_bits(m) for n, m in self.masks.items()},
             "mask_shapes": {n: list(m.shape) for n, m in self.masks.items()},
             "running": {n: r.clone() for n, r in self.running.items()},
-            "acc": {n: a.detach().cpu().clone() for n, a in self._acc.items()},
+            "acc": {n: gather_full(a.detach()).cpu().clone() for n, a in self._acc.items()},  # a collective (FSDP2)
             "acc_steps": self._acc_steps, "acc_task": self._acc_task,
             "start": {n: s.clone() for n, s in self._start.items()}, "start_task": self._start_task,
         }

@@ -92,6 +92,54 @@ def gather_full(obj: Any) -> Any:
     return obj
 
 
+def row_shards(param: Tensor) -> list[tuple[int, int]]:
+    """Every rank's shard of ``param`` as ``(flat offset, entries)`` in the full tensor's flat order: FSDP2 shards
+    dim 0 in ``torch.chunk`` pieces, so each rank holds one contiguous run of the flattened tensor (a plain
+    tensor is one piece)."""
+    if not isinstance(param, DTensor):
+        return [(0, param.numel())]
+    from torch.distributed.tensor import Shard
+
+    if tuple(param.placements) != (Shard(0),):
+        raise NotImplementedError(f"only dim-0 sharding (FSDP2's) is supported, found {param.placements}")
+    world = param.device_mesh.size()
+    rows = param.shape[0]
+    per_row = param.numel() // rows if rows else 0
+    chunk = -(-rows // world)
+    spans = [(min(r * chunk, rows), min((r + 1) * chunk, rows)) for r in range(world)]
+    return [(lo * per_row, (hi - lo) * per_row) for lo, hi in spans]
+
+
+def shard_rank(param: Tensor) -> int:
+    """This rank's index among the ranks ``param`` is sharded over (0 for a plain tensor)."""
+    return param.device_mesh.get_local_rank() if isinstance(param, DTensor) else 0
+
+
+def local_rows(full: Tensor, param: Tensor) -> Tensor:
+    """This rank's part of ``full`` (a tensor of ``param``'s shape, the same on every rank): the rows ``param``'s
+    shard holds, shaped like it; ``full`` itself for a plain parameter. No communication."""
+    if not isinstance(param, DTensor):
+        return full
+    offset, n = row_shards(param)[shard_rank(param)]
+    return full.reshape(-1)[offset:offset + n].view(param.to_local().shape)
+
+
+def gather_pieces(pieces: list[Tensor], counts: list[list[int]], group: Any) -> list[Tensor]:
+    """All ranks' ``pieces`` (1-D, one per tensor, rank ``r`` holding ``counts[r][i]`` entries of piece ``i``),
+    concatenated per tensor in rank order, as float32, on every rank: one padded ``all_gather``."""
+    import torch
+    import torch.distributed as dist
+
+    world = len(counts)
+    totals = [sum(c) for c in counts]
+    mine = torch.cat([p.reshape(-1).float() for p in pieces])
+    buffer = torch.nn.functional.pad(mine, (0, max(totals) - mine.numel()))
+    out = [torch.empty_like(buffer) for _ in range(world)]
+    dist.all_gather(out, buffer, group=group)
+    split = [out[r][:totals[r]].split(counts[r]) for r in range(world)]
+    return [torch.cat([split[r][i] for r in range(world)]) for i in range(len(pieces))]
+
+
 def like_param(t: Tensor, param: Tensor) -> Tensor:
     """``t`` (a full tensor, e.g. loaded from a checkpoint) laid out like ``param``: sharded the same way when
     ``param`` is a DTensor (a collective), else moved to its device. A tensor already laid out is returned as is."""

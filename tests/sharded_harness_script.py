@@ -14,8 +14,10 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "callbacks")]
@@ -28,7 +30,7 @@ from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy  # n
 
 from clight.sharding import gather_full, sharded_numel  # noqa: E402
 
-# scenario -> (contract case id or None for no callback, model kind)
+# scenario -> (contract case id or None for no callback, model kind[, keyword arguments replacing the case's])
 SCENARIOS = {
     "naive": (None, "classification"),
     "naive_causal_lm": (None, "causal_lm"),
@@ -41,6 +43,14 @@ SCENARIOS = {
     "ewc": ("ewc", "classification"),
     "online_ewc_true_fisher_causal_lm": ("online_ewc_true_fisher_causal_lm", "causal_lm"),
     "mas": ("mas", "classification"),
+    # samples smaller than the tensors, so each rank's share of the strided sample starts at its own offset; the
+    # global scope at 0.9 because over a quarter of all gradient entries (unused embedding rows) are exactly 0
+    "gmask_magnitude": ("gmask_magnitude", "classification", {"sample_size": 64}),
+    "gmask_magnitude_global": ("gmask_magnitude", "classification",
+                               {"scope": "global", "sample_size": 64, "fraction": 0.9}),
+    "gmask_importance_path": ("gmask_importance", "classification"),
+    "gmask_importance_fisher": ("gmask_importance", "classification", {"importance": "fisher"}),
+    "gmask_sparse_reset": ("gmask_sparse", "classification"),
 }
 
 
@@ -51,10 +61,20 @@ def strategy(name: str):
     return DDPStrategy(timeout=timeout)
 
 
+def record(fn: Callable[..., list[float]], into: list[list[float]]) -> Callable[..., list[float]]:
+    def wrapped(*args: Any) -> list[float]:
+        into.append(fn(*args))
+        return into[-1]
+    return wrapped
+
+
 def run(scenario: str, out: Path, strategy_name: str, *, crash: bool = False, resume: bool = False) -> None:
-    case_id, kind = SCENARIOS[scenario.removeprefix("resume_")]
+    case_id, kind, *overrides = SCENARIOS[scenario.removeprefix("resume_")]
     case = case_by_id(case_id) if case_id else None
-    callbacks = [case.cls(**case.kwargs)] if case else []
+    callbacks = [case.cls(**{**case.kwargs, **(overrides[0] if overrides else {})})] if case else []
+    thresholds: list[list[float]] = []
+    if case_id == "gmask_magnitude":  # record every step's thresholds: they must be the full tensors' on each rank
+        callbacks[0]._thresholds = record(callbacks[0]._thresholds, thresholds)
     extra = [CrashAt(task=1, step=5)] if crash else []
     results, module = run_stream(
         out / strategy_name, [*callbacks, *extra], kind=kind, max_steps=6, resume=resume,
@@ -66,7 +86,7 @@ def run(scenario: str, out: Path, strategy_name: str, *, crash: bool = False, re
     callback_state = callbacks[0].state_dict() if callbacks else {}  # gathered by the callback (a collective)
     rank = int(os.environ.get("LOCAL_RANK", "0"))
     torch.save({"module": weights, "callback": callback_state, "results": results["matrices"],
-                "timing": results["timing"], "held": held, "total": total},
+                "timing": results["timing"], "held": held, "total": total, "thresholds": thresholds},
                out / f"{strategy_name}{'-resumed' if resume else ''}-rank{rank}.pt")
 
 

@@ -165,28 +165,45 @@ def topk_masks(scores: Sequence[Tensor], fraction: float, scope: str) -> list[Te
     return [m.view(s.shape) for m, s in zip(mask.split([s.numel() for s in scores]), scores)]
 
 
-def strided_sample(x: Tensor, sample_size: int) -> Tensor:
-    """At most ``sample_size`` evenly strided entries of ``x`` (all of them when it is small enough)."""
-    flat = x.reshape(-1)
-    return flat[:: max(1, -(-flat.numel() // sample_size))]
+def _count(start: int, n: int, stride: int) -> int:
+    return max(0, -(-(n - start) // stride))
 
 
-def magnitude_thresholds(tensors: Sequence[Tensor], fraction: float, scope: str, sample_size: int) -> list[float]:
+def magnitude_thresholds(tensors: Sequence[Tensor], fraction: float, scope: str, sample_size: int, *,
+                         shards: Sequence[Sequence[tuple[int, int]]] | None = None, rank: int = 0,
+                         gather: Callable[[list[Tensor], list[list[int]]], list[Tensor]] | None = None
+                         ) -> list[float]:
     """Per tensor, the ``λ`` such that zeroing the entries with ``|x| <= λ`` zeroes (about) the smallest
     ``fraction`` of them: the ``round(fraction * m)``-th smallest ``|x|`` of an evenly strided sample of at most
     ``sample_size`` entries (exact for smaller tensors). ``scope="global"`` draws one ``λ`` from a sample of all
-    tensors with one stride. ``-1.0`` where the fraction rounds to no entry. One device sync for all tensors."""
+    tensors with one stride. ``-1.0`` where the fraction rounds to no entry. One device sync for all tensors.
+
+    Sharded tensors (each rank holds one flat run of every tensor, see :func:`clight.sharding.row_shards`):
+    ``shards[i]`` lists every rank's ``(offset, entries)`` of tensor ``i``, ``tensors`` are this rank's (``rank``)
+    runs, and ``gather(pieces, counts)`` returns every rank's samples concatenated per tensor; the thresholds
+    are then those of the full tensors, the same on every rank."""
     if not tensors:
         return []
+    if shards is None:
+        shards, rank = [[(0, t.numel())] for t in tensors], 0
+    full = [sum(n for _, n in spans) for spans in shards]
+    if scope == "tensor":
+        strides = [max(1, -(-n // sample_size)) for n in full]
+    else:
+        strides = [max(1, -(-sum(full) // sample_size))] * len(tensors)
+    pieces = [t.reshape(-1)[(-spans[rank][0]) % s::s] for t, spans, s in zip(tensors, shards, strides)]
+    if gather is not None:
+        counts = [[_count((-spans[r][0]) % s, spans[r][1], s) for spans, s in zip(shards, strides)]
+                  for r in range(len(shards[0]))]
+        pieces = gather(pieces, counts)
     if scope == "tensor":
         values = []
-        for t in tensors:
-            s = strided_sample(t, sample_size).abs().float()
+        for piece in pieces:
+            s = piece.abs().float()
             k = round(fraction * s.numel())
             values.append(s.kthvalue(k).values if k > 0 else s.new_tensor(-1.0))
         return torch.stack(values).tolist()
-    stride = max(1, -(-sum(t.numel() for t in tensors) // sample_size))
-    s = torch.cat([t.reshape(-1)[::stride].float() for t in tensors]).abs()
+    s = torch.cat([piece.float() for piece in pieces]).abs()
     k = round(fraction * s.numel())
     value = float(s.kthvalue(k).values) if k > 0 else -1.0
     return [value] * len(tensors)

@@ -33,6 +33,37 @@ def test_magnitude_thresholds_by_hand() -> None:
     assert magnitude_thresholds([torch.ones(2)], 0.2, "tensor", 16384) == [-1.0]  # rounds to no entry
 
 
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_magnitude_thresholds_of_row_shards_equal_those_of_the_full_tensors(scope: str) -> None:
+    # three "ranks" each hold dim-0 chunks (FSDP2's layout) of tensors with odd shapes; the gathered samples must
+    # give the thresholds of the full tensors (same strided sample, so the same order statistic)
+    gen = torch.Generator().manual_seed(0)
+    full = [torch.randn(7, 5, generator=gen), torch.randn(10, generator=gen), torch.randn(2, 3, generator=gen)]
+    world, size = 3, 8  # a sample smaller than the tensors, so the strides and offsets matter
+    chunks = [[t.chunk(world)[r] if r < len(t.chunk(world)) else t[:0] for t in full] for r in range(world)]
+    shards = []
+    for i in range(len(full)):
+        offsets = [sum(chunks[q][i].numel() for q in range(r)) for r in range(world)]
+        shards.append([(offsets[r], chunks[r][i].numel()) for r in range(world)])
+    sent: dict[int, list[torch.Tensor]] = {}
+
+    def record(rank: int):
+        def gather(pieces: list[torch.Tensor], counts: list[list[int]]) -> list[torch.Tensor]:
+            assert [p.numel() for p in pieces] == counts[rank]
+            sent[rank] = pieces
+            return pieces
+        return gather
+
+    for r in range(world):
+        magnitude_thresholds(chunks[r], 0.3, scope, size, shards=shards, rank=r, gather=record(r))
+    everyone = [torch.cat([sent[r][i] for r in range(world)]) for i in range(len(full))]
+    expected = magnitude_thresholds(full, 0.3, scope, size)
+    for r in range(world):
+        got = magnitude_thresholds(chunks[r], 0.3, scope, size, shards=shards, rank=r,
+                                   gather=lambda pieces, counts: everyone)
+        assert got == expected
+
+
 def test_topk_mask_exact_count_and_ties_by_index() -> None:
     scores = torch.tensor([1.0, 3.0, 3.0, 2.0, 3.0])
     assert topk_mask(scores, 2).tolist() == [False, True, True, False, False]
