@@ -51,6 +51,9 @@ SCENARIOS = {
     "gmask_importance_path": ("gmask_importance", "classification"),
     "gmask_importance_fisher": ("gmask_importance", "classification", {"importance": "fisher"}),
     "gmask_sparse_reset": ("gmask_sparse", "classification"),
+    "distillation": ("distillation", "classification"),
+    "distillation_causal_lm": ("distillation_causal_lm", "causal_lm", {"teacher_device": "same"}),
+    "feature_distillation": ("feature_distillation", "classification"),
 }
 
 

@@ -19,15 +19,16 @@ import torch
 from clight_testing import tiny_module
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
-from clight.callbacks import SI, L2Anchor, Replay
+from clight.callbacks import SI, Distillation, L2Anchor, Replay
 from clight.errors import ClightConfigError
 from clight.hub import transformer_blocks
 from clight.sharding import gather_full, shard_module
 
 SCENARIOS = ["naive", "naive_causal_lm", "l2_anchor", "ewc", "online_ewc_true_fisher_causal_lm", "mas",
              "freeze_schedule", "hft", "replay_per_batch", "replay_causal_lm", "der", "gmask_magnitude",
-             "gmask_magnitude_global", "gmask_importance_path", "gmask_importance_fisher", "gmask_sparse_reset"]
-RESUMED = ["resume_naive", "resume_l2_anchor", "resume_gmask_importance_fisher"]
+             "gmask_magnitude_global", "gmask_importance_path", "gmask_importance_fisher", "gmask_sparse_reset",
+             "distillation", "distillation_causal_lm", "feature_distillation"]
+RESUMED = ["resume_naive", "resume_l2_anchor", "resume_gmask_importance_fisher", "resume_distillation"]
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +146,12 @@ def test_callbacks_without_sharded_support_are_refused_in_setup() -> None:
     with pytest.raises(ClightConfigError, match="not tested under `FSDPStrategy`.*ModelParallelStrategy"):
         L2Anchor().setup(SimpleNamespace(strategy=FSDPStrategy()), module, "fit")
     L2Anchor().setup(SimpleNamespace(strategy=ModelParallelStrategy()), module, "fit")  # supported
+
+
+def test_a_sharded_teacher_is_not_offloaded() -> None:
+    module = SimpleNamespace(automatic_optimization=True, capabilities=("loss_terms",))
+    with pytest.raises(ClightConfigError, match="teacher_device: cpu.*ModelParallelStrategy.*teacher_device: same"):
+        Distillation(teacher_device="cpu").setup(SimpleNamespace(strategy=ModelParallelStrategy()), module, "fit")
 
 
 def test_replay_under_fsdp_needs_a_memory_row_per_rank() -> None:
