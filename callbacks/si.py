@@ -11,6 +11,7 @@ from torch import Tensor
 
 from clight.callbacks.regularization import QuadraticPenalty, StateDtype
 from clight.callbacks.rehearsal import check_arg
+from clight.sharding import gather_full, like_param, local
 from clight.task import TaskInfo
 
 
@@ -24,7 +25,8 @@ class SI(QuadraticPenalty):
     ``torch._foreach_*`` kernels. At the task end ``Ω_task = max(ω, 0) / ((θ_end − θ_start)² + ξ)`` (negative
     contributions clipped), normalised to mean 1 (``normalize``) and accumulated; the anchor moves to the task's
     end weights. Gradients are already all-reduced and weights identical under DDP, so ``ω`` is identical on
-    every rank without communication. ``train/penalty_si`` logs the penalty.
+    every rank without communication. Under FSDP2 every one of these passes runs on the rank's own shards
+    (``tests/test_sharded.py`` compares the result with DDP). ``train/penalty_si`` logs the penalty.
 
     Costs: four tensors the size of the trainable parameters (``ω``, ``Ω``, ``θ*`` and the stashed weights and
     gradient of the step, fp32), and three elementwise passes per optimizer step; no extra forward or backward.
@@ -44,6 +46,7 @@ class SI(QuadraticPenalty):
     """
 
     penalty_name = "si"
+    supports_sharded = True  # elementwise on each rank's shard; state gathered for checkpoints
 
     def __init__(
         self,
@@ -68,34 +71,35 @@ class SI(QuadraticPenalty):
 
     def on_task_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo) -> None:
         super().on_task_start(trainer, pl_module, task)
-        device = pl_module.device
-        for name, p in self._tracked:
+        for name, p in self._tracked:  # on the parameter's device, sharded like it under FSDP2
             w = self.omega.get(name)
-            self.omega[name] = (torch.zeros_like(p, dtype=self._state_dtype(p)) if w is None else w.to(device))
+            self.omega[name] = torch.zeros_like(p, dtype=self._state_dtype(p)) if w is None else like_param(w, p)
         self._names = [n for n, _ in self._tracked]
-        self._prev = [torch.empty_like(self.omega[n]) for n in self._names]
-        self._grad = [torch.empty_like(self.omega[n]) for n in self._names]
+        self._prev = [torch.empty_like(local(self.omega[n])) for n in self._names]
+        self._grad = [torch.empty_like(local(self.omega[n])) for n in self._names]
         self._pending = False
 
     def before_penalty(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        params = [p for _, p in self._tracked]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        params = [local(p.detach()) for _, p in self._tracked]
+        grads = [local(p.grad) if p.grad is not None else torch.zeros_like(q) for (_, p), q in zip(self._tracked, params)]
         torch._foreach_copy_(self._grad, grads)  # the training loss's gradient, before the penalty's
-        torch._foreach_copy_(self._prev, [p.detach() for p in params])
+        torch._foreach_copy_(self._prev, params)
         self._pending = True
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if not self._pending:  # a micro-batch that did not end an optimizer step (gradient accumulation)
             return
         self._pending = False
-        params = [p.detach() for _, p in self._tracked]
+        params = [local(p.detach()) for _, p in self._tracked]
         torch._foreach_sub_(self._prev, params if params[0].dtype == self._prev[0].dtype
                             else [p.to(self._prev[0].dtype) for p in params])  # θ_before − θ_after = −Δθ
-        torch._foreach_addcmul_([self.omega[n] for n in self._names], self._grad, self._prev)  # ω += g · (−Δθ)
+        torch._foreach_addcmul_([local(self.omega[n]) for n in self._names], self._grad, self._prev)  # ω += g·(−Δθ)
 
     def task_importance(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo
                         ) -> dict[str, Tensor]:
-        self.omega = {n: t.to(pl_module.device) for n, t in self.omega.items()}  # the model is on the CPU here
+        params = dict(self._tracked)  # the state follows the model (on the CPU after a resumed fit's teardown)
+        self.omega = {n: like_param(t, params[n]) if n in params else t.to(pl_module.device)
+                      for n, t in self.omega.items()}
         out = {}
         for name, p in self._tracked:
             start = self.anchor.get(name)
@@ -108,7 +112,8 @@ class SI(QuadraticPenalty):
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "omega": {n: t.detach().cpu().clone() for n, t in self.omega.items()}}
+        return {**super().state_dict(),  # gathered into full tensors under FSDP2 (a collective)
+                "omega": {n: gather_full(t.detach()).cpu().clone() for n, t in self.omega.items()}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)

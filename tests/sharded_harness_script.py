@@ -43,6 +43,7 @@ SCENARIOS = {
     "ewc": ("ewc", "classification"),
     "online_ewc_true_fisher_causal_lm": ("online_ewc_true_fisher_causal_lm", "causal_lm"),
     "mas": ("mas", "classification"),
+    "si": ("si", "classification"),
     # samples smaller than the tensors, so each rank's share of the strided sample starts at its own offset; the
     # global scope at 0.9 because over a quarter of all gradient entries (unused embedding rows) are exactly 0
     "gmask_magnitude": ("gmask_magnitude", "classification", {"sample_size": 64}),
