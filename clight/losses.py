@@ -3,6 +3,9 @@ vocabularies."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -63,3 +66,22 @@ def causal_lm_nll(logits: Tensor, labels: Tensor) -> Tensor:
     else:
         nll = _ChunkedNLL.apply(flat, shifted, max(1, _LEAN_LOSS_CHUNK // vocab))
     return nll.view(batch, width)[:, :-1]
+
+
+def fused_causal_lm_nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """:func:`causal_lm_nll`'s values as one fp32 ``F.cross_entropy`` over all the logits, written for
+    ``torch.compile`` (see :func:`compiled_causal_lm_nll`): compiled, the upcast, log-softmax and gradient fuse
+    into kernels that hold nothing but the logits' gradient. Eager, it holds an fp32 copy of the logits and its
+    log-softmax; use :func:`causal_lm_nll` there."""
+    batch, width, vocab = logits.shape
+    shifted = torch.cat([labels[:, 1:], labels.new_full((batch, 1), -100)], dim=1).reshape(-1)
+    nll = F.cross_entropy(logits.reshape(-1, vocab).float(), shifted, ignore_index=-100, reduction="none")
+    return nll.view(batch, width)[:, :-1]
+
+
+@functools.cache
+def compiled_causal_lm_nll() -> Callable[[Tensor, Tensor], Tensor]:
+    """The training loss of a module with ``compile: true``: :func:`fused_causal_lm_nll` under ``torch.compile``
+    (compiled on first use; one process-wide instance, so every task's Trainer reuses its graph).
+    ``python tools/loss_speed.py`` times it against the eager chunked loss."""
+    return torch.compile(fused_causal_lm_nll)

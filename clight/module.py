@@ -20,7 +20,7 @@ from clight.adapters import AdapterMixin
 from clight.callback import is_sharded
 from clight.errors import ClightConfigError
 from clight.hub import resolve_pretrained_path
-from clight.losses import causal_lm_nll
+from clight.losses import causal_lm_nll, compiled_causal_lm_nll
 from clight.sharding import shard_module
 
 LossTerm = Callable[["ContinualModule", Mapping[str, Tensor], Mapping[str, Tensor]], Tensor]
@@ -56,7 +56,8 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
         optimizer: optimizer factory (LightningCLI ``class_path``/``init_args``); default AdamW(lr=5e-5,
             weight_decay=0.01) over the trainable parameters.
         scheduler: optional LR scheduler factory, stepped every optimizer step.
-        compile: wrap the backbone in ``torch.compile``.
+        compile: wrap the backbone in ``torch.compile``, and compile a causal LM's training loss (one fused fp32
+            cross-entropy instead of the eager chunked one; see :mod:`clight.losses`).
         attn_implementation: attention kernel passed to ``transformers`` (``sdpa`` or ``eager``).
 
     Example (YAML)::
@@ -248,7 +249,7 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
     # ---- forward / steps -------------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Run the model. Classification: ``{"logits": (B, C), "features": (B, H)}``; causal LM:
-        ``{"logits": (B, T, V), "loss": mean token NLL}`` (labels -100 are ignored)."""
+        ``{"logits": (B, T, V)}`` (the loss is :meth:`task_loss`'s)."""
         if self.backbone is None or (self.task == "classification" and self.head is None):
             raise RuntimeError("call `configure_stream(...)` (the runner does) before using the module.")
         if self.task == "classification":
@@ -271,7 +272,8 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
             if "class_mask" in batch:  # task-incremental training: softmax over the task's own classes
                 logits = logits.masked_fill(~batch["class_mask"], torch.finfo(logits.dtype).min)
             return F.cross_entropy(logits, batch["labels"])
-        return causal_lm_nll(logits, batch["labels"]).sum() / (batch["labels"][:, 1:] != -100).sum().clamp_min(1)
+        nll = compiled_causal_lm_nll()(logits, batch["labels"]) if self.compile else causal_lm_nll(logits, batch["labels"])
+        return nll.sum() / (batch["labels"][:, 1:] != -100).sum().clamp_min(1)
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         outputs = self(batch)

@@ -69,3 +69,20 @@ def test_chunked_path_runs_without_grad(monkeypatch: pytest.MonkeyPatch) -> None
     with torch.no_grad():
         out = module_lib.causal_lm_nll(logits, labels)
     torch.testing.assert_close(out, _reference(logits, labels))
+
+
+def test_compiled_loss_of_a_compile_module_matches_the_eager_one() -> None:
+    # `compile: true` trains a causal LM on the compiled fused cross-entropy: same values and bf16 gradients
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 50).bfloat16().requires_grad_(True)
+    labels = torch.randint(0, 50, (2, 7))
+    labels[1, 3] = -100
+    compiled = module_lib.compiled_causal_lm_nll()
+    assert compiled is module_lib.compiled_causal_lm_nll()  # one instance for every task's Trainer
+    out = compiled(logits, labels)
+    (grad,) = torch.autograd.grad(out.sum(), logits)
+    ref = _reference(logits, labels)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), logits)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert grad.dtype == torch.bfloat16 and out[1, 2] == 0  # the ignored label (position 3 predicts it)
+    torch.testing.assert_close(grad.float(), ref_grad.float(), atol=1e-2, rtol=1e-2)

@@ -7,7 +7,9 @@
   checkpointing. Autograd differentiates every slice separately, which costs one zero tensor the size of *all*
   the logits and one addition of that size per chunk.
 - ``clight``: :func:`clight.losses.causal_lm_nll`, the chunked fp32 NLL as one autograd function whose backward
-  writes each chunk of the gradient in place.
+  writes each chunk of the gradient in place (the eager module's loss).
+- ``clight compiled``: :func:`clight.losses.compiled_causal_lm_nll`, one fp32 cross-entropy under
+  ``torch.compile`` (the loss of a module with ``compile: true``); its compilation happens in the warm-up.
 
 The 1.24B Llama of configs/llama_1b_pretraining.yaml has 8 x 2048 tokens x 128,256 vocabulary = 2.1G logits in 32
 chunks of 2**26. On the CPU the defaults keep its 32 chunks at 1/16 of the size:
@@ -52,6 +54,10 @@ def clight_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return losses.causal_lm_nll(logits, labels).sum() / (labels[:, 1:] != -100).sum()
 
 
+def clight_compiled(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return losses.compiled_causal_lm_nll()(logits, labels).sum() / (labels[:, 1:] != -100).sum()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
@@ -69,7 +75,7 @@ def main() -> None:
     print(f"{device} · logits {args.batch} x {args.seq} x {args.vocab:,} bf16 ({logits.numel() / 1e6:,.0f}M) · "
           f"{chunks} chunks · {torch.get_num_threads()} threads · median of {args.reps}")
     ways = {"plain": plain, "checkpointed chunks": lambda x, y: checkpointed_chunks(x, y, args.chunk_elements),
-            "clight": clight_loss}
+            "clight": clight_loss, "clight compiled": clight_compiled}
     grads, rows = {}, []
     for name, fn in ways.items():
         def step(fn=fn) -> None:
