@@ -4,9 +4,10 @@ from clight.callback import ContinualCallback
 from clight.callbacks.agem import AGEM
 from clight.callbacks.chain_of_lora import ChainOfLoRA
 from clight.callbacks.der import DarkExperienceReplay
-from clight.callbacks.distillation import Distillation, FeatureDistillation
+from clight.callbacks.distillation import Distillation
 from clight.callbacks.ema import EMAWeights
 from clight.callbacks.ewc import EWC
+from clight.callbacks.feature_distillation import FeatureDistillation
 from clight.callbacks.freezing import FreezeParameters
 from clight.callbacks.gradient_mask import GradientMask
 from clight.callbacks.half_finetuning import HalfFineTuning
