@@ -65,7 +65,10 @@ class GradientMask(ContinualCallback):
     clipping, so neither the gradient norm nor Adam's moments see them), the masked weights are stashed, and an
     ``optimizer.register_step_post_hook`` writes them back right after ``optimizer.step()``. Works with any
     optimizer. DDP: gradients are already all-reduced and task-end statistics are computed on the CPU from
-    identical inputs with deterministic tie-breaking, so every rank holds the same masks.
+    identical inputs with deterministic tie-breaking, so every rank holds the same masks. FSDP2: every per-step
+    buffer covers the rank's own shard; the magnitude threshold is the full gradient's (each rank contributes its
+    part of the full tensor's strided sample, one ``all_gather`` per step), and the task-end folds gather the full
+    tensors, so the masks are DDP's.
 
     The classification head is left out (new classes arrive every task) unless ``include_head: true``.
     Checkpoint: fixed masks are stored bit-packed (uint8), the running importance in bfloat16; the current
@@ -92,10 +95,7 @@ class GradientMask(ContinualCallback):
               init_args: {mode: importance, fraction: 0.2, importance: fisher}
     """
 
-    # Under FSDP2 every per-step buffer is per shard; the magnitude threshold is drawn from the full tensors'
-    # sample (gathered, one all_gather per step) and the task-end folds gather full tensors, so masks are
-    # those of a DDP run (tests/test_sharded.py compares them).
-    supports_sharded = True
+    supports_sharded = True  # see the docstring; tests/test_sharded.py compares masks and thresholds with DDP
 
     def __init__(
         self,
