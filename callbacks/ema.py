@@ -18,6 +18,7 @@ from clight.callbacks.weight_space import (
     snapshot,
     trainable_parameters,
 )
+from clight.sharding import is_dtensor, like_param, local, reshard_all, row_range
 from clight.task import TaskInfo
 
 
@@ -41,7 +42,9 @@ class EMAWeights(WeightSpaceCallback):
 
     State (CPU tensors, in the stream and mid-task checkpoints): the EMA, the update count, and with
     ``continue_from: fast`` the fast weights between tasks. Every DDP rank holds identical parameters, so every
-    rank computes the same EMA. Sharded strategies are refused.
+    rank computes the same EMA. Under FSDP2 the EMA is sharded like the parameters and every update runs on the
+    rank's own shard; the swaps for validation and at task end reshard every FSDP unit first, so no gathered copy
+    of the other weights survives them (``tests/test_sharded.py`` compares the result with DDP).
 
     Args:
         decay: weight of the old average per update, in ``[0, 1)``; ``1 − decay`` is the weight of the new
@@ -59,6 +62,8 @@ class EMAWeights(WeightSpaceCallback):
             - class_path: clight.callbacks.EMAWeights
               init_args: {decay: 0.99, continue_from: fast}
     """
+
+    supports_sharded = True  # elementwise on each rank's shard (see the docstring)
 
     def __init__(
         self,
@@ -97,6 +102,7 @@ class EMAWeights(WeightSpaceCallback):
         if self.fast is not None:  # continue_from: fast — the module holds the EMA since the last task end
             load_weights_(pl_module, self.fast)
             self.fast = None
+        reshard_all(pl_module)  # FSDP2: the sharded parameters, not weights an evaluation left gathered
         params = trainable_parameters(pl_module)
         for name, p in params.items():  # the first task, or parameters that start training now
             if name not in self.ema:
@@ -149,33 +155,40 @@ class EMAWeights(WeightSpaceCallback):
         params = trainable_parameters(pl_module)
         names = [k for k in params if k in self.ema]
         ema = self._ema_on(params)
-        averages = [ema[k] for k in names]
-        current = [params[k].detach() for k in names]
+        averages = [local(ema[k]) for k in names]  # this rank's shards under FSDP2
+        current = [local(params[k].detach()) for k in names]
         current = [c if c.dtype == a.dtype else c.to(a.dtype) for c, a in zip(current, averages)]
         torch._foreach_lerp_(averages, current, 1.0 - self._decay())
         for name, index in self._new_rows.items():
             if name in ema:
-                ema[name].index_copy_(0, index, params[name].detach().index_select(0, index).to(ema[name].dtype))
+                lo, hi = row_range(params[name])  # the rows of this rank's shard
+                rows = index[(index >= lo) & (index < hi)] - lo
+                p = local(params[name].detach())
+                local(ema[name]).index_copy_(0, rows, p.index_select(0, rows).to(ema[name].dtype))
         self.num_updates += 1
 
     def _ema_on(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The EMA, moved next to the parameters (a loaded state arrives on the CPU)."""
+        """The EMA, moved next to the parameters and sharded like them (a loaded state arrives full, on the CPU)."""
         for name, t in self.ema.items():
             p = params.get(name)
-            if p is not None and t.device != p.device:
+            if p is not None and is_dtensor(p) and not is_dtensor(t):
+                self.ema[name] = like_param(t, p)
+            elif p is not None and t.device != p.device:
                 self.ema[name] = t.to(p.device)
         return self.ema
 
     # ---- validation inside fit sees the EMA ---------------------------------------------------------------
     @torch.no_grad()
     def _swap(self, pl_module: pl.LightningModule) -> None:
+        reshard_all(pl_module)  # FSDP2: the weights gathered before the swap must not serve after it
         params = trainable_parameters(pl_module)
         ema = self._ema_on(params)
         for name, p in params.items():
             if name in ema:
-                fast = p.detach().clone()
-                p.copy_(ema[name])
-                ema[name].copy_(fast)
+                mine, theirs = local(p), local(ema[name])
+                fast = mine.detach().clone()
+                mine.copy_(theirs)
+                theirs.copy_(fast)
         self._swapped = not self._swapped
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -16,7 +16,7 @@ from clight.callback import ContinualCallback, is_sharded
 from clight.callbacks.rehearsal import check_arg
 from clight.callbacks.weight_space import trainable_parameters
 from clight.errors import ClightConfigError
-from clight.sharding import gather_full, is_dtensor, like_param, local
+from clight.sharding import gather_full, is_dtensor, like_param, local, reshard_all
 from clight.task import TaskInfo
 
 TeacherDevice = Literal["same", "cpu"]
@@ -95,11 +95,7 @@ class TeacherCallback(ContinualCallback):
 
     def _sharded_teacher_forward(self, module: nn.Module, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """FSDP2: the teacher's shards copied into the parameters' for one forward, then the student's back."""
-        from torch.distributed.fsdp import FSDPModule
-
-        units = [m for m in module.modules() if isinstance(m, FSDPModule)]
-        for unit in units:  # drop the student's gathered weights (the roots keep theirs after forward, and while
-            unit.reshard()  # gathered a module's parameters are the full tensors, not the sharded DTensors)
+        reshard_all(module)  # drop the student's gathered weights: while gathered, a unit's parameters are full
         params = dict(module.named_parameters())
         shards = [local(params[n]) for n in self.teacher]
         student = [torch.empty_like(t) for t in shards]
@@ -108,8 +104,7 @@ class TeacherCallback(ContinualCallback):
         try:
             return module(batch)
         finally:
-            for unit in units:  # drop the teacher's; the student's backward all-gathers the student's again
-                unit.reshard()
+            reshard_all(module)  # drop the teacher's; the student's backward all-gathers the student's again
             torch._foreach_copy_(shards, student)
 
     def _term(self, module: pl.LightningModule, batch: Mapping[str, Tensor], outputs: Mapping[str, Tensor]

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from clight.callback import ContinualCallback
+from clight.sharding import gather_full, is_dtensor, local, local_rows, reshard_all
 from clight.task import TaskInfo
 
 
@@ -20,19 +21,22 @@ def trainable_parameters(pl_module: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def snapshot(params: Mapping[str, Tensor], dtype: torch.dtype | None = None) -> dict[str, Tensor]:
-    """Detached CPU copies (optionally cast to ``dtype``)."""
-    return {k: p.detach().to("cpu", dtype=dtype or p.dtype, copy=True) for k, p in params.items()}
+    """Detached full CPU copies (optionally cast to ``dtype``); FSDP2 shards are gathered (a collective)."""
+    return {k: gather_full(p.detach()).to("cpu", dtype=dtype or p.dtype, copy=True) for k, p in params.items()}
 
 
 @torch.no_grad()
 def load_weights_(pl_module: nn.Module, weights: Mapping[str, Tensor]) -> None:
     """Copy ``weights`` into the module's parameters of the same names, in place (the optimizer and a DDP wrap
-    keep referring to the same tensors)."""
+    keep referring to the same tensors). Under FSDP2 each rank copies into its shard, from a full tensor's rows
+    or from a weight sharded like the parameter."""
+    reshard_all(pl_module)
     params = dict(pl_module.named_parameters())
     names = [k for k in weights if k in params]
     if names:
-        targets = [params[k].data for k in names]
-        torch._foreach_copy_(targets, [weights[k].to(device=t.device, dtype=t.dtype) for k, t in zip(names, targets)])
+        targets = [local(params[k].data) for k in names]
+        sources = [local(weights[k]) if is_dtensor(weights[k]) else local_rows(weights[k], params[k]) for k in names]
+        torch._foreach_copy_(targets, [w.to(device=t.device, dtype=t.dtype) for w, t in zip(sources, targets)])
 
 
 def head_rows(pl_module: nn.Module) -> dict[str, int]:
@@ -53,7 +57,9 @@ class WeightSpaceCallback(ContinualCallback):
     while a task restarted from the stream checkpoint (killed before its first mid-task checkpoint) runs it again
     from the same weights. Tracked parameters are those with ``requires_grad``, by name; copies live on the CPU
     in the state (``torch.load(weights_only=True)`` loads them). Parameters are identical on every DDP rank, so
-    every rank computes the same copies. Sharded strategies are refused: the copies are whole tensors by name.
+    every rank computes the same copies. Sharded strategies are refused unless a subclass says otherwise
+    (``EMAWeights`` does): the helpers here gather FSDP2 shards for snapshots and write into each rank's shard,
+    but a technique must also do its own arithmetic on shards.
     """
 
     sharded_reason = ("it copies and rewrites whole parameters by name, and a sharded strategy gives each rank only "
@@ -80,5 +86,5 @@ class WeightSpaceCallback(ContinualCallback):
 
 
 def cpu_state(weights: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
-    """CPU copies for a state dict (``None`` stays ``None``)."""
-    return None if weights is None else {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+    """Full CPU copies for a state dict (``None`` stays ``None``); FSDP2 shards are gathered (a collective)."""
+    return None if weights is None else {k: gather_full(v.detach()).to("cpu", copy=True) for k, v in weights.items()}

@@ -73,6 +73,27 @@ def shard_module(module: nn.Module, mesh: Any) -> bool:
     return True
 
 
+def reshard_all(module: nn.Module) -> None:
+    """Drop the gathered weights of every FSDP2 unit in ``module`` (a no-op for plain modules), so that its
+    parameters are the sharded DTensors again. A root unit keeps its gathered weights after forward, and values
+    copied into the shards would not reach a unit that is still gathered. Not between a forward and its
+    backward, except around a no-grad forward: the backward gathers again what it needs."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for unit in module.modules():
+        if isinstance(unit, FSDPModule):
+            unit.reshard()
+
+
+def row_range(param: Tensor) -> tuple[int, int]:
+    """The rows ``[lo, hi)`` of dim 0 this rank's shard of ``param`` holds (all of them for a plain tensor)."""
+    if not isinstance(param, DTensor):
+        return 0, param.shape[0]
+    offset, n = row_shards(param)[shard_rank(param)]
+    per_row = param.numel() // param.shape[0] if param.shape[0] else 1
+    return offset // per_row, (offset + n) // per_row
+
+
 def sharded_numel(module: nn.Module) -> tuple[int, int]:
     """(entries this rank holds, entries of the full parameters)."""
     held = sum(local(p).numel() for p in module.parameters())

@@ -55,6 +55,8 @@ SCENARIOS = {
     "distillation": ("distillation", "classification"),
     "distillation_causal_lm": ("distillation_causal_lm", "causal_lm", {"teacher_device": "same"}),
     "feature_distillation": ("feature_distillation", "classification"),
+    "ema": ("ema", "classification"),  # decay 0.5 with warmup, continue_from fast, new classes' rows fast
+    "ema_continue_from_ema": ("ema", "classification", {"continue_from": "ema", "warmup": False}),
 }
 
 
@@ -72,6 +74,27 @@ def record(fn: Callable[..., list[float]], into: list[list[float]]) -> Callable[
     return wrapped
 
 
+@torch.no_grad()
+def swap_probe(callback: Any, module: Any) -> dict[str, torch.Tensor]:
+    """EMAWeights' validation swap on the trained module: halve the weights, swap the EMA in and out, and record
+    the logits of a fixed batch at each point. Under FSDP2 a unit left gathered by the previous forward would
+    serve stale weights after a swap; the logits show it."""
+    from clight.callbacks.weight_space import load_weights_, trainable_parameters
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, module.backbone.config.vocab_size, (2, 8), generator=gen)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    module.eval()
+    out = {"before": module(batch)["logits"]}
+    load_weights_(module, {n: gather_full(p.detach()) * 0.5 for n, p in trainable_parameters(module).items()})
+    out["perturbed"] = module(batch)["logits"]
+    callback._swap(module)  # the EMA (the weights before halving: the task end made them the model)
+    out["swapped"] = module(batch)["logits"]
+    callback._swap(module)
+    out["back"] = module(batch)["logits"]
+    return out
+
+
 def run(scenario: str, out: Path, strategy_name: str, *, crash: bool = False, resume: bool = False) -> None:
     case_id, kind, *overrides = SCENARIOS[scenario.removeprefix("resume_")]
     case = case_by_id(case_id) if case_id else None
@@ -86,11 +109,12 @@ def run(scenario: str, out: Path, strategy_name: str, *, crash: bool = False, re
         stream_kwargs=dict(case.stream_kwargs) if case else None,
         trainer_kwargs=dict(strategy=strategy(strategy_name), devices=2, accelerator="cpu"))
     held, total = sharded_numel(module)
-    weights = gather_full(module.state_dict())  # a collective under FSDP
+    weights = {k: v.clone() for k, v in gather_full(module.state_dict()).items()}  # a collective under FSDP
     callback_state = callbacks[0].state_dict() if callbacks else {}  # gathered by the callback (a collective)
+    probe = swap_probe(callbacks[0], module) if case_id == "ema" else {}  # changes the weights: after saving them
     rank = int(os.environ.get("LOCAL_RANK", "0"))
     torch.save({"module": weights, "callback": callback_state, "results": results["matrices"],
-                "timing": results["timing"], "held": held, "total": total, "thresholds": thresholds},
+                "timing": results["timing"], "held": held, "total": total, "thresholds": thresholds, "swap": probe},
                out / f"{strategy_name}{'-resumed' if resume else ''}-rank{rank}.pt")
 
 

@@ -27,8 +27,8 @@ from clight.sharding import gather_full, shard_module
 SCENARIOS = ["naive", "naive_causal_lm", "l2_anchor", "ewc", "online_ewc_true_fisher_causal_lm", "mas",
              "freeze_schedule", "hft", "replay_per_batch", "replay_causal_lm", "der", "gmask_magnitude",
              "gmask_magnitude_global", "gmask_importance_path", "gmask_importance_fisher", "gmask_sparse_reset",
-             "distillation", "distillation_causal_lm", "feature_distillation", "si"]
-RESUMED = ["resume_naive", "resume_si", "resume_gmask_importance_fisher", "resume_distillation"]
+             "distillation", "distillation_causal_lm", "feature_distillation", "si", "ema", "ema_continue_from_ema"]
+RESUMED = ["resume_naive", "resume_si", "resume_gmask_importance_fisher", "resume_distillation", "resume_ema"]
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +130,12 @@ def test_fsdp_matches_ddp_with_half_the_parameters_per_rank(
     for rank in (rank0, rank1):
         torch.testing.assert_close(torch.tensor(rank["thresholds"]), torch.tensor(ddp["thresholds"]), rtol=1e-4,
                                    atol=1e-12)
+    if scenario.startswith("ema"):  # the validation swap under FSDP2 serves the swapped-in weights, as under DDP
+        swap = rank0["swap"]
+        assert not torch.allclose(swap["perturbed"], swap["before"], atol=1e-3)
+        torch.testing.assert_close(swap["swapped"], swap["before"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(swap["back"], swap["perturbed"], atol=1e-5, rtol=1e-5)
+        assert_close_tree(swap, ddp["swap"], "swap probe logits, FSDP vs DDP")
     # the stream checkpoint holds full tensors, like DDP's
     fsdp_ckpt = torch.load(out / scenario / "fsdp" / "stream.pt", weights_only=True)
     ddp_ckpt = torch.load(out / scenario / "ddp" / "stream.pt", weights_only=True)
