@@ -49,39 +49,31 @@ class _ChunkedNLL(torch.autograd.Function):
         return grad, None, None
 
 
-def causal_lm_nll(logits: Tensor, labels: Tensor) -> Tensor:
+def causal_lm_nll(logits: Tensor, labels: Tensor, *, chunked: bool | None = None) -> Tensor:
     """Per-token next-token NLL, 0 where the label is -100. ``(B, T, V), (B, T) -> (B, T-1)``.
 
     Memory-lean for large vocabularies: instead of shifting the logits (a copy of the whole ``(B, T, V)`` tensor)
     the labels are shifted, and above ``2**28`` logit elements the fp32 log-softmax and its gradient are computed
     in chunks of about ``2**26`` elements (:class:`_ChunkedNLL`), so no fp32 copy of the whole logits and no saved
     log-softmax is ever held; the gradient is the one tensor the size of the logits (the same values as
-    ``F.cross_entropy``; only the summation order differs).
+    ``F.cross_entropy``; only the summation order differs). ``chunked=False`` always takes the one
+    ``F.cross_entropy``, which is what ``torch.compile`` fuses best (:func:`compiled_causal_lm_nll`).
     """
     batch, width, vocab = logits.shape
     shifted = torch.cat([labels[:, 1:], labels.new_full((batch, 1), -100)], dim=1).reshape(-1)  # (B*T,)
     flat = logits.reshape(-1, vocab)  # a view: logits are contiguous
-    if flat.numel() <= _LEAN_LOSS_ELEMENTS:
+    if chunked is False or (chunked is None and flat.numel() <= _LEAN_LOSS_ELEMENTS):
         nll = F.cross_entropy(flat.float(), shifted, ignore_index=-100, reduction="none")
     else:
         nll = _ChunkedNLL.apply(flat, shifted, max(1, _LEAN_LOSS_CHUNK // vocab))
     return nll.view(batch, width)[:, :-1]
 
 
-def fused_causal_lm_nll(logits: Tensor, labels: Tensor) -> Tensor:
-    """:func:`causal_lm_nll`'s values as one fp32 ``F.cross_entropy`` over all the logits, written for
-    ``torch.compile`` (see :func:`compiled_causal_lm_nll`): compiled, the upcast, log-softmax and gradient fuse
-    into kernels that hold nothing but the logits' gradient. Eager, it holds an fp32 copy of the logits and its
-    log-softmax; use :func:`causal_lm_nll` there."""
-    batch, width, vocab = logits.shape
-    shifted = torch.cat([labels[:, 1:], labels.new_full((batch, 1), -100)], dim=1).reshape(-1)
-    nll = F.cross_entropy(logits.reshape(-1, vocab).float(), shifted, ignore_index=-100, reduction="none")
-    return nll.view(batch, width)[:, :-1]
-
-
 @functools.cache
 def compiled_causal_lm_nll() -> Callable[[Tensor, Tensor], Tensor]:
-    """The training loss of a module with ``compile: true``: :func:`fused_causal_lm_nll` under ``torch.compile``
-    (compiled on first use; one process-wide instance, so every task's Trainer reuses its graph).
-    ``python tools/loss_speed.py`` times it against the eager chunked loss."""
-    return torch.compile(fused_causal_lm_nll)
+    """The training loss of a module with ``compile: true``: :func:`causal_lm_nll` with ``chunked=False`` under
+    ``torch.compile``, where the upcast, log-softmax and gradient fuse into kernels that hold nothing but the
+    logits' gradient (eager, that form holds an fp32 copy of the logits and its log-softmax). Compiled on first
+    use; one process-wide instance, so every task's Trainer reuses its graph. ``python tools/loss_speed.py``
+    times it against the eager chunked loss."""
+    return torch.compile(functools.partial(causal_lm_nll, chunked=False))
