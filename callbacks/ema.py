@@ -18,7 +18,7 @@ from clight.callbacks.weight_space import (
     snapshot,
     trainable_parameters,
 )
-from clight.sharding import is_dtensor, like_param, local, reshard_all, row_range
+from clight.sharding import like_param, local, reshard_all, row_range
 from clight.task import TaskInfo
 
 
@@ -171,10 +171,8 @@ class EMAWeights(WeightSpaceCallback):
         """The EMA, moved next to the parameters and sharded like them (a loaded state arrives full, on the CPU)."""
         for name, t in self.ema.items():
             p = params.get(name)
-            if p is not None and is_dtensor(p) and not is_dtensor(t):
-                self.ema[name] = like_param(t, p)
-            elif p is not None and t.device != p.device:
-                self.ema[name] = t.to(p.device)
+            if p is not None:
+                self.ema[name] = like_param(t, p)  # itself when already laid out like p
         return self.ema
 
     # ---- validation inside fit sees the EMA ---------------------------------------------------------------
