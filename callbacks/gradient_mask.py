@@ -137,6 +137,7 @@ class GradientMask(ContinualCallback):
         self._buffers: dict[str, Tensor] = {}  # stash buffers
         self._flags: dict[str, Tensor] = {}  # magnitude: "gradient is zero" buffers
         self._dense: dict[str, Tensor] = {}  # path importance: the weights before the step
+        self._shards: dict[str, list[tuple[int, int]]] = {}  # FSDP2: every rank's run of each parameter
         self._handles: list[Any] = []
         self._armed: tuple[str, list[Any]] | None = None
 
@@ -176,6 +177,7 @@ class GradientMask(ContinualCallback):
         self._scope = self._in_scope(pl_module)
         device = self._scope[0][1].device if self._scope else torch.device("cpu")
         params = dict(self._scope)
+        self._shards = {n: row_shards(p) for n, p in self._scope if is_dtensor(p)}  # fixed for the fit
         # a loaded accumulator is a full CPU tensor: back on the device, sharded like its parameter under FSDP
         self._acc = {n: like_param(a, params[n]) if n in params else a.to(device) for n, a in self._acc.items()}
         self._index, self._buffers, self._flags, self._dense, self._armed = {}, {}, {}, {}, None
@@ -207,7 +209,7 @@ class GradientMask(ContinualCallback):
         for handle in self._handles:
             handle.remove()
         self._handles, self._armed = [], None
-        self._index, self._buffers, self._flags, self._dense, self._scope = {}, {}, {}, {}, []
+        self._index, self._buffers, self._flags, self._dense, self._scope, self._shards = {}, {}, {}, {}, [], {}
 
     # ---- every step -----------------------------------------------------------------------------------------
     def _buffer(self, store: dict[str, Tensor], name: str, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -231,7 +233,7 @@ class GradientMask(ContinualCallback):
         if self.mode == "importance":
             self._acc_steps += 1
         if self.mode == "magnitude":
-            for g, lam in zip(grads, self._thresholds([p for _, p in live], grads)):
+            for g, lam in zip(grads, self._thresholds(live, grads)):
                 if lam >= 0:
                     torch.hardshrink(g, lam, out=g)  # g if |g| > λ else 0
             stash = [self._buffer(self._buffers, n, p) for n, p in zip(names, params)]
@@ -252,13 +254,14 @@ class GradientMask(ContinualCallback):
             self._armed = ("fixed", [fixed, params, grads, dense, accs])
             self.steps += int(bool(fixed))
 
-    def _thresholds(self, params: list[Tensor], grads: list[Tensor]) -> list[float]:
+    def _thresholds(self, live: list[tuple[str, nn.Parameter]], grads: list[Tensor]) -> list[float]:
         """The magnitude thresholds of the full gradients (from every rank's share of the sample under FSDP2)."""
-        if not is_dtensor(params[0]):
+        first = live[0][1]
+        if not is_dtensor(first):
             return magnitude_thresholds(grads, self.fraction, self.scope, self.sample_size)
-        group = params[0].device_mesh.get_group()
+        group = first.device_mesh.get_group()
         return magnitude_thresholds(grads, self.fraction, self.scope, self.sample_size,
-                                    shards=[row_shards(p) for p in params], rank=shard_rank(params[0]),
+                                    shards=[self._shards[n] for n, _ in live], rank=shard_rank(first),
                                     gather=lambda pieces, counts: gather_pieces(pieces, counts, group))
 
     def _acc_buffer(self, name: str, p: Tensor) -> Tensor:
