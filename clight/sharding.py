@@ -85,15 +85,6 @@ def reshard_all(module: nn.Module) -> None:
             unit.reshard()
 
 
-def row_range(param: Tensor) -> tuple[int, int]:
-    """The rows ``[lo, hi)`` of dim 0 this rank's shard of ``param`` holds (all of them for a plain tensor)."""
-    if not isinstance(param, DTensor):
-        return 0, param.shape[0]
-    offset, n = row_shards(param)[shard_rank(param)]
-    per_row = param.numel() // param.shape[0] if param.shape[0] else 1
-    return offset // per_row, (offset + n) // per_row
-
-
 def sharded_numel(module: nn.Module) -> tuple[int, int]:
     """(entries this rank holds, entries of the full parameters)."""
     held = sum(local(p).numel() for p in module.parameters())
@@ -113,22 +104,31 @@ def gather_full(obj: Any) -> Any:
     return obj
 
 
-def row_shards(param: Tensor) -> list[tuple[int, int]]:
-    """Every rank's shard of ``param`` as ``(flat offset, entries)`` in the full tensor's flat order: FSDP2 shards
-    dim 0 in ``torch.chunk`` pieces, so each rank holds one contiguous run of the flattened tensor (a plain
-    tensor is one piece)."""
-    if not isinstance(param, DTensor):
-        return [(0, param.numel())]
+def _row_spans(param: DTensor) -> list[tuple[int, int]]:
+    """Every rank's rows ``[lo, hi)`` of ``param``'s dim 0: FSDP2 shards it in ``torch.chunk`` pieces."""
     from torch.distributed.tensor import Shard
 
     if tuple(param.placements) != (Shard(0),):
         raise NotImplementedError(f"only dim-0 sharding (FSDP2's) is supported, found {param.placements}")
-    world = param.device_mesh.size()
-    rows = param.shape[0]
-    per_row = param.numel() // rows if rows else 0
+    rows, world = param.shape[0], param.device_mesh.size()
     chunk = -(-rows // world)
-    spans = [(min(r * chunk, rows), min((r + 1) * chunk, rows)) for r in range(world)]
-    return [(lo * per_row, (hi - lo) * per_row) for lo, hi in spans]
+    return [(min(r * chunk, rows), min((r + 1) * chunk, rows)) for r in range(world)]
+
+
+def row_shards(param: Tensor) -> list[tuple[int, int]]:
+    """Every rank's shard of ``param`` as ``(flat offset, entries)`` in the full tensor's flat order: each rank
+    holds whole rows of dim 0, so one contiguous run of the flattened tensor (a plain tensor is one piece)."""
+    if not isinstance(param, DTensor):
+        return [(0, param.numel())]
+    per_row = param.numel() // param.shape[0] if param.shape[0] else 0
+    return [(lo * per_row, (hi - lo) * per_row) for lo, hi in _row_spans(param)]
+
+
+def row_range(param: Tensor) -> tuple[int, int]:
+    """The rows ``[lo, hi)`` of dim 0 this rank's shard of ``param`` holds (all of them for a plain tensor)."""
+    if not isinstance(param, DTensor):
+        return 0, param.shape[0]
+    return _row_spans(param)[shard_rank(param)]
 
 
 def shard_rank(param: Tensor) -> int:
