@@ -1,33 +1,27 @@
-"""Continual-learning techniques as Lightning callbacks (``clight.callbacks``)."""
+"""Continual-learning techniques as Lightning callbacks (``clight.callbacks``), one package per family.
 
-from clight.callback import ContinualCallback
-from clight.callbacks.agem import AGEM
-from clight.callbacks.chain_of_lora import ChainOfLoRA
-from clight.callbacks.der import DarkExperienceReplay
-from clight.callbacks.distillation import Distillation
-from clight.callbacks.ema import EMAWeights
-from clight.callbacks.ewc import EWC
-from clight.callbacks.feature_distillation import FeatureDistillation
-from clight.callbacks.freezing import FreezeParameters
-from clight.callbacks.gradient_mask import GradientMask
-from clight.callbacks.half_finetuning import HalfFineTuning
-from clight.callbacks.interpolation import WeightInterpolation
-from clight.callbacks.l2_anchor import L2Anchor
-from clight.callbacks.lora import LoRACallback
-from clight.callbacks.lora_per_task import LoRAPerTask
-from clight.callbacks.mas import MAS
-from clight.callbacks.memory import ExampleMemory
-from clight.callbacks.merging import TaskVectorMerge
-from clight.callbacks.orthogonal_lora import OrthogonalLoRA
-from clight.callbacks.regularization import QuadraticPenalty
-from clight.callbacks.rehearsal import MemoryCallback
-from clight.callbacks.replay import Replay
-from clight.callbacks.si import SI
+The techniques are exported here; each family's bases are importable from the family
+(``clight.callbacks.rehearsal.MemoryCallback``, ``clight.callbacks.regularization.QuadraticPenalty``, ...).
+"""
+
+from clight.callbacks.distillation import Distillation, FeatureDistillation
+from clight.callbacks.lora import ChainOfLoRA, LoRAPerTask, OrthogonalLoRA
+from clight.callbacks.masking import FreezeParameters, GradientMask, HalfFineTuning
+from clight.callbacks.regularization import EWC, MAS, SI, L2Anchor
+from clight.callbacks.rehearsal import AGEM, DarkExperienceReplay, Replay
+from clight.callbacks.weight_space import EMAWeights, TaskVectorMerge, WeightInterpolation
 
 __all__ = [
-    "AGEM", "ContinualCallback", "DarkExperienceReplay", "Distillation", "EWC", "ExampleMemory",
-    "FeatureDistillation", "L2Anchor", "MAS", "MemoryCallback", "QuadraticPenalty", "Replay", "SI",
-    "EMAWeights", "TaskVectorMerge", "WeightInterpolation",
+    # rehearsal
+    "AGEM", "DarkExperienceReplay", "Replay",
+    # regularization
+    "EWC", "L2Anchor", "MAS", "SI",
+    # distillation
+    "Distillation", "FeatureDistillation",
+    # masking
     "FreezeParameters", "GradientMask", "HalfFineTuning",
-    "ChainOfLoRA", "LoRACallback", "LoRAPerTask", "OrthogonalLoRA",
+    # lora
+    "ChainOfLoRA", "LoRAPerTask", "OrthogonalLoRA",
+    # weight space
+    "EMAWeights", "TaskVectorMerge", "WeightInterpolation",
 ]

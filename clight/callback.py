@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, Strategy
+from torch import Tensor
 
+from clight.contracts import require
 from clight.errors import ClightConfigError
 from clight.task import TaskInfo
 
@@ -42,13 +45,14 @@ def is_sharded(strategy: Strategy) -> bool:
 class ContinualCallback(Callback):
     """A Lightning callback that knows about task boundaries.
 
-    Subclasses override :meth:`on_task_start` / :meth:`on_task_end` and declare the module capabilities they
-    rely on in ``required_capabilities`` (for example ``{"loss_terms"}``); a module that lacks one is rejected
-    in ``setup`` with a clear error. A callback that works on FSDP2-sharded parameters (Lightning's
-    ``ModelParallelStrategy``, see :mod:`clight.sharding`) sets ``supports_sharded = True`` (and says why in its
-    docstring, with a test in tests/test_sharded.py); every other callback refuses a sharded strategy in
-    ``setup``, naming the strategy and a way out (``sharded_reason`` says what it needs). FSDP1
+    Subclasses override :meth:`on_task_start` / :meth:`on_task_end`, and :meth:`loss_terms` to add terms to the
+    training loss. They list what they need from the module and the datamodule as protocols of
+    :mod:`clight.contracts` in ``module_contracts`` / ``stream_contracts``; ``setup`` checks them before any
+    training and names what is missing. A callback that works on FSDP2-sharded parameters (Lightning's
+    ``ModelParallelStrategy``, see :mod:`clight.sharding`) sets ``supports_sharded = True``; every other one
+    refuses a sharded strategy in ``setup``, naming the strategy, ``sharded_reason`` and a way out. FSDP1
     (``FSDPStrategy``) and DeepSpeed are refused by every callback: they are not tested.
+
     ``on_task_start`` is dispatched from ``on_fit_start`` (from ``on_train_start`` under sharded strategies, which
     restore a checkpoint's callback state after ``on_fit_start``) and runs again when a task is resumed mid-way,
     so it must be idempotent (a subclass overriding ``on_train_start`` calls ``super()``); ``on_task_end`` is
@@ -58,13 +62,15 @@ class ContinualCallback(Callback):
     Works in any Lightning project with one ``trainer.fit`` per task: the callback counts finished tasks itself.
     """
 
-    required_capabilities: frozenset[str] = frozenset()
+    module_contracts: tuple[type, ...] = ()  # protocols of clight.contracts that `setup` checks
+    stream_contracts: tuple[type, ...] = ()
     supports_sharded: ClassVar[bool] = False
     sharded_reason: ClassVar[str] = "it has not been shown to work on sharded parameters"
 
     def __init__(self) -> None:
         super().__init__()
         self.tasks_seen = 0
+        self._terms_collected = True
 
     # ---- task hooks for subclasses -------------------------------------------------------------------------
     def on_task_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo) -> None:
@@ -73,15 +79,21 @@ class ContinualCallback(Callback):
     def on_task_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo) -> None:
         """Called once when training on ``task`` has finished, before the model leaves the device."""
 
+    # ---- loss terms ------------------------------------------------------------------------------------------
+    @property
+    def loss_term_names(self) -> tuple[str, ...]:
+        """The names of the terms :meth:`loss_terms` returns (empty: the callback adds none)."""
+        return ()
+
+    def loss_terms(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                   outputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """This training batch's terms, weighted, by name: each is added to the loss and logged as
+        ``train/loss_<name>``. Called by :func:`clight.add_loss_terms` from the module's ``training_step``, after
+        the task loss, once per micro-batch."""
+        return {}
+
     # ---- Lightning hooks ---------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        missing = sorted(self.required_capabilities - set(getattr(pl_module, "capabilities", ())))
-        if missing:
-            raise ClightConfigError(
-                f"`{type(self).__name__}` needs the module capabilities {missing}, which "
-                f"`{type(pl_module).__name__}` does not provide. Use `clight.ContinualModule` (or add "
-                f"{missing} to your module's `capabilities` with the matching methods), or remove the callback."
-            )
         strategy = getattr(trainer, "strategy", None)
         if strategy is not None and is_sharded(strategy):
             if not self.supports_sharded:
@@ -97,6 +109,32 @@ class ContinualCallback(Callback):
                     "lightning.pytorch.strategies.ModelParallelStrategy, init_args: {data_parallel_size: <devices>, "
                     "tensor_parallel_size: 1}}`, or `ddp`."
                 )
+        name = type(self).__name__
+        for protocol in self.module_contracts:
+            require(pl_module, protocol, who=name, role="module",
+                    fix="Use `clight.ContinualModule`, add those members to your module (README: \"clight callbacks "
+                        "in your own Lightning project\"), or remove the callback.")
+        datamodule = getattr(trainer, "datamodule", None)
+        if stage == "fit" and self.stream_contracts:
+            for protocol in self.stream_contracts:
+                require(datamodule, protocol, who=name, role="datamodule",
+                        fix="Use a `clight.datamodules` stream, add those members to your datamodule, or remove the "
+                            "callback.")
+        if stage == "fit" and self.loss_term_names:
+            _check_unique_terms(trainer)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._terms_collected = not self.loss_term_names
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if not self._terms_collected:
+            raise ClightConfigError(
+                f"`{type(self).__name__}` adds the loss terms {list(self.loss_term_names)}, but "
+                f"`{type(pl_module).__name__}.training_step` did not collect them: end it with "
+                "`return clight.add_loss_terms(self, loss, batch, outputs)` (README: \"clight callbacks in your own "
+                "Lightning project\"), or remove the callback."
+            )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._task_ended = False
@@ -140,3 +178,47 @@ class ContinualCallback(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.tasks_seen = int(state_dict["tasks_seen"])
+
+
+def _check_unique_terms(trainer: pl.Trainer) -> None:
+    seen: dict[str, str] = {}
+    for cb in getattr(trainer, "callbacks", []):
+        if isinstance(cb, ContinualCallback):
+            for term in cb.loss_term_names:
+                if term in seen and seen[term] is not cb:
+                    raise ClightConfigError(
+                        f"callbacks: `{type(cb).__name__}` and `{type(seen[term]).__name__}` both add the loss term "
+                        f"{term!r}; keep one of them (two instances of one technique add the same term).")
+                seen[term] = cb
+
+
+def add_loss_terms(module: pl.LightningModule, loss: Tensor, batch: Any, outputs: Mapping[str, Tensor], *,
+                   batch_size: int | None = None) -> Tensor:
+    """The task loss plus every loss term the trainer's continual callbacks add for this batch.
+
+    The one call a LightningModule makes to support the loss-term techniques (Replay, DER, Distillation,
+    FeatureDistillation, OrthogonalLoRA): end ``training_step`` with
+    ``return clight.add_loss_terms(self, loss, batch, outputs)``. Each term is logged as ``train/loss_<name>``,
+    the task loss as ``train/loss_task`` (when there are terms) and the sum as ``train/loss``.
+
+    Args:
+        module: the LightningModule (attached to a trainer).
+        loss: the task loss of ``batch``.
+        batch: the training batch, as ``training_step`` got it.
+        outputs: the module's outputs on ``batch`` (``{"logits": ...}``, as its ``forward`` returns them).
+        batch_size: for logging; default: the first dimension of ``outputs["logits"]``.
+    """
+    trainer = module.trainer
+    size = batch_size if batch_size is not None else int(outputs["logits"].shape[0])
+    total, any_term = loss, False
+    for cb in trainer.callbacks:
+        if isinstance(cb, ContinualCallback) and cb.loss_term_names:
+            for name, term in cb.loss_terms(trainer, module, batch, outputs).items():
+                module.log(f"train/loss_{name}", term, batch_size=size)
+                total = total + term
+                any_term = True
+            cb._terms_collected = True
+    if any_term:
+        module.log("train/loss_task", loss, batch_size=size)
+    module.log("train/loss", total, prog_bar=True, batch_size=size)
+    return total

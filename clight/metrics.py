@@ -6,10 +6,9 @@ computes the summary metrics of :mod:`clight.functional.metrics` from it.
 Distributed training:
     ``ResultMatrix`` performs no communication. The values given to
     :meth:`ResultMatrix.add_row` and :meth:`ResultMatrix.set_initial` must already be
-    reduced across ranks: the runner reduces every per-task metric with torchmetrics
-    (whose ``compute()`` syncs across processes) before adding a row, so every rank holds
-    the same matrix. For plain floats computed independently on each rank, use
-    :func:`reduce_mean_across_ranks` first.
+    reduced across ranks: every per-task metric comes from the task head's torchmetrics
+    (:mod:`clight.heads`), whose ``compute()`` syncs across processes, so every rank holds
+    the same matrix.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import torch
 
 from clight.functional.metrics import SUMMARY_KEYS, summarize
 
-__all__ = ["ResultMatrix", "reduce_mean_across_ranks"]
+__all__ = ["ResultMatrix"]
 
 _STATE_VERSION = 1
 
@@ -266,34 +265,3 @@ class ResultMatrix:
         result = cls(state["task_names"], metric=state["metric"], higher_is_better=state["higher_is_better"])
         result.load_state_dict(state)
         return result
-
-
-def reduce_mean_across_ranks(values: Mapping[str, float], strategy: Any | None) -> dict[str, float]:
-    """Averages per-task scalar values across DDP ranks.
-
-    Use this for plain floats computed independently on each rank before passing them
-    to :meth:`ResultMatrix.add_row`. Metrics coming from torchmetrics are already synced
-    by ``compute()`` and need no further reduction.
-
-    This is a collective operation when ``strategy.world_size > 1``: every rank must call
-    it, at the same point, with the same keys. Keys are reduced in sorted order so the
-    insertion order of ``values`` does not matter. Note that the mean is unweighted:
-    ranks with fewer samples count as much as the others.
-
-    Args:
-        values: Per-task values on this rank.
-        strategy: A Lightning strategy (``trainer.strategy``) or ``None``. Reduction
-            uses ``strategy.reduce(tensor, reduce_op="mean")``.
-
-    Returns:
-        A new dictionary with the same keys and the rank-averaged values; when there is
-        a single process (or no strategy) the values are returned unchanged.
-    """
-    if strategy is None or int(getattr(strategy, "world_size", 1)) <= 1 or not values:
-        return {name: float(value) for name, value in values.items()}
-    keys = sorted(values)
-    device = getattr(strategy, "root_device", torch.device("cpu"))
-    local = torch.tensor([float(values[key]) for key in keys], dtype=torch.float64, device=device)
-    reduced = strategy.reduce(local, reduce_op="mean")
-    reduced_list = reduced.detach().cpu().tolist()
-    return {key: float(reduced_list[i]) for i, key in enumerate(keys)}

@@ -1,36 +1,28 @@
-"""ContinualModule: a Hugging Face model on Lightning with a registry of extra loss terms."""
+"""ContinualModule: a Hugging Face model on Lightning, trained task after task; a task head decides the rest."""
 
 from __future__ import annotations
 
-import math
-import random
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor, nn
+from torchmetrics import Metric
 
 from clight.adapters import AdapterMixin
-from clight.callback import is_sharded
+from clight.callback import add_loss_terms, is_sharded
 from clight.errors import ClightConfigError
+from clight.heads import TaskHead, make_head
+from clight.heads.classification import mean_pool
 from clight.hub import resolve_pretrained_path
-from clight.losses import causal_lm_nll, compiled_causal_lm_nll
+from clight.rng import capture_rng_states, restore_rng_state
 from clight.sharding import shard_module
 
-LossTerm = Callable[["ContinualModule", Mapping[str, Tensor], Mapping[str, Tensor]], Tensor]
-_TERM_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
-    """Average token states over the non-padding positions. ``(B, T, H), (B, T) -> (B, H)``."""
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+__all__ = ["ContinualModule", "mean_pool"]
 
 
 class ContinualModule(AdapterMixin, pl.LightningModule):
@@ -40,8 +32,9 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
     stream (class-incremental); task-incremental evaluation restricts the argmax to the task's own classes.
     Causal language modelling uses the model's own LM head (continual pretraining, instruction tuning).
 
-    Callbacks add loss terms with :meth:`register_loss_term`; ``training_step`` returns the task loss plus every
-    registered term and logs each under ``train/loss_<name>``.
+    What depends on the task type (the forward pass, the loss, the evaluation metrics) is the task head's
+    (:mod:`clight.heads`). ``training_step`` returns the task loss plus the loss terms of the trainer's callbacks
+    (:func:`clight.add_loss_terms`), each logged as ``train/loss_<name>``.
 
     Args:
         model: local model folder (``save_pretrained`` output) or ``pkg:<package>`` for a package that ships
@@ -104,11 +97,9 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
         self.compile = compile
         self._config = dict(config) if config is not None else None
         self._attn = attn_implementation
-        self.backbone: nn.Module | None = None
-        self.head: nn.Linear | None = None
-        self.task_classes: list[list[int]] = []
-        self._loss_terms: dict[str, tuple[LossTerm, float]] = {}
-        self._eval_sums: dict[int, Tensor] = {}
+        self.register_module("backbone", None)  # registered before the head: parameters list backbone first
+        self.head: TaskHead = make_head(task, compile=compile)
+        self._eval_metrics: list[dict[str, Metric]] = []
         self.eval_results: dict[int, dict[str, float]] = {}
         # adapter-only checkpoints: state-dict keys of the frozen base as built, and those changed since (merges)
         self._pristine: set[str] = set()
@@ -116,23 +107,23 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
         if self._config is None or "vocab_size" in self._config:
             self._build_backbone(vocab_size=None)
         if num_classes is not None:
-            self._build_head(num_classes)
+            self.head.configure(self.backbone, num_classes=num_classes)
 
     # ---- construction ---------------------------------------------------------------------------------------
     @property
-    def capabilities(self) -> frozenset[str]:
-        """Named features callbacks may rely on (checked in their ``setup``)."""
-        caps = {"loss_terms", "features" if self.task == "classification" else "causal_lm", self.task}
-        if self.peft_config:
-            caps.add("peft")
-            if str(self._peft_spec().get("peft_type", "")).upper() == "LORA":
-                caps.add("lora")
-        return frozenset(caps)
+    def task_classes(self) -> list[list[int]]:
+        """Class ids (head rows) of each task of the stream; empty for a causal LM."""
+        return self.head.task_classes
+
+    def output_head(self) -> nn.Module | None:
+        """The classification layer (``None`` for a causal LM, whose LM head is part of the backbone)."""
+        return self.head.output_layer()
 
     def _build_backbone(self, vocab_size: int | None) -> None:
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+        import transformers
+        from transformers import AutoConfig
 
-        auto = AutoModel if self.task == "classification" else AutoModelForCausalLM
+        auto = getattr(transformers, self.head.auto_class)
         if self.model_path is not None:
             backbone = auto.from_pretrained(self.model_path, attn_implementation=self._attn)
         else:
@@ -146,10 +137,7 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
                 raise ClightConfigError(f"`config`: {err}") from err
             hf_config._attn_implementation = self._attn
             backbone = auto.from_config(hf_config)
-        if self.task == "classification" and isinstance(getattr(backbone, "pooler", None), nn.Module):
-            # We classify from mean-pooled token states; the [CLS] pooler would be an unused parameter (which
-            # DDP rejects) and wasted compute.
-            backbone.pooler = None
+        self.head.prepare_backbone(backbone)
         if self.peft_config:
             backbone = self._apply_peft(backbone)
         # `from_pretrained` returns eval mode and Lightning keeps each submodule's mode, which would train the
@@ -161,7 +149,7 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
 
     def _peft_spec(self) -> dict[str, Any]:
         spec = {"peft_type": "LORA", **(self.peft_config or {})}
-        if self.task == "causal_lm":
+        if self.head.auto_class == "AutoModelForCausalLM":
             spec.setdefault("task_type", "CAUSAL_LM")
         return spec
 
@@ -178,17 +166,6 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
         import peft
 
         return peft.get_peft_model(backbone, self._new_peft_config())
-
-    def _build_head(self, num_classes: int) -> None:
-        if self.head is not None:
-            if self.head.out_features != num_classes:
-                raise ClightConfigError(
-                    f"`num_classes`: the module was built for {self.head.out_features} classes but the stream "
-                    f"has {num_classes}. Remove `model.num_classes` (the runner sets it from the data)."
-                )
-            return
-        hidden = self.backbone.config.hidden_size
-        self.head = nn.Linear(hidden, num_classes)
 
     def configure_stream(
         self,
@@ -217,11 +194,7 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
                     f"has {emb} rows, so token ids would index past it. Use the model's own tokenizer "
                     "(leave `data.tokenizer` empty) or a model whose vocab_size >= the tokenizer's."
                 )
-        if self.task == "classification":
-            if num_classes is None:
-                raise ClightConfigError("a classification module needs the stream's `num_classes`.")
-            self._build_head(num_classes)
-            self.task_classes = [list(c) for c in (task_classes or [list(range(num_classes))])]
+        self.head.configure(self.backbone, num_classes=num_classes, task_classes=task_classes)
 
     def configure_model(self) -> None:
         if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
@@ -230,68 +203,48 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
             self.backbone = torch.compile(self.backbone)
             self._compiled = True
 
-    # ---- loss terms -----------------------------------------------------------------------------------------
-    def register_loss_term(self, name: str, fn: LossTerm, weight: float = 1.0) -> None:
-        """Add ``weight * fn(module, batch, outputs)`` to every training loss, logged as ``train/loss_<name>``."""
-        if not _TERM_NAME.match(name):
-            raise ClightConfigError(f"loss term name {name!r} must match {_TERM_NAME.pattern}.")
-        if name in self._loss_terms or name == "task":
-            raise ClightConfigError(f"a loss term named {name!r} is already registered; choose a unique name.")
-        self._loss_terms[name] = (fn, float(weight))
-
-    def unregister_loss_term(self, name: str) -> None:
-        self._loss_terms.pop(name, None)
-
-    @property
-    def loss_terms(self) -> tuple[str, ...]:
-        return tuple(self._loss_terms)
-
-    # ---- forward / steps -------------------------------------------------------------------------------------
+    # ---- forward / steps: the head's ---------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Run the model. Classification: ``{"logits": (B, C), "features": (B, H)}``; causal LM:
-        ``{"logits": (B, T, V)}`` (the loss is :meth:`task_loss`'s)."""
-        if self.backbone is None or (self.task == "classification" and self.head is None):
+        """Run the model: ``{"logits": ...}`` and what the head adds (classification: mean-pooled ``features``)."""
+        if self.backbone is None:
             raise RuntimeError("call `configure_stream(...)` (the runner does) before using the module.")
-        if self.task == "classification":
-            out = self.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            features = mean_pool(out.last_hidden_state, batch["attention_mask"])  # (B, H)
-            return {"logits": self.head(features), "features": features}
-        mask = batch["attention_mask"]
-        if bool(mask.all()):
-            # No padding: let SDPA use its causal (flash) kernel. transformers cannot check this inside a
-            # compiled backbone and would build a (B, 1, T, T) mask; one host sync per step is far cheaper.
-            mask = None
-        out = self.backbone(input_ids=batch["input_ids"], attention_mask=mask)
-        return {"logits": out.logits}
+        return self.head(self.head.encode(self.backbone, batch), batch)
 
     def task_loss(self, batch: Mapping[str, Tensor], outputs: Mapping[str, Tensor]) -> Tensor:
-        """Cross-entropy of the task: over all classes (or the batch's own task classes when the stream marks
-        ``restrict_to_task``), or next-token NLL for causal LMs."""
-        logits = outputs["logits"]
-        if self.task == "classification":
-            if "class_mask" in batch:  # task-incremental training: softmax over the task's own classes
-                logits = logits.masked_fill(~batch["class_mask"], torch.finfo(logits.dtype).min)
-            return F.cross_entropy(logits, batch["labels"])
-        nll = compiled_causal_lm_nll()(logits, batch["labels"]) if self.compile else causal_lm_nll(logits, batch["labels"])
-        return nll.sum() / (batch["labels"][:, 1:] != -100).sum().clamp_min(1)
+        """The mean task loss (cross-entropy, or next-token NLL over the labelled tokens)."""
+        return self.head.loss(batch, outputs)
+
+    def per_example_loss(self, batch: Mapping[str, Tensor], outputs: Mapping[str, Tensor]) -> Tensor:
+        """The task loss of every example of a batch, ``(B,)``."""
+        return self.head.per_example_loss(batch, outputs)
+
+    def sample_labels(self, batch: Mapping[str, Tensor], outputs: Mapping[str, Tensor], uniforms: Tensor
+                      ) -> dict[str, Tensor]:
+        """``batch`` with labels drawn from the model's predictive distribution (EWC's true Fisher)."""
+        return self.head.sample_labels(batch, outputs, uniforms)
+
+    def label_width(self, max_length: int) -> int:
+        return self.head.label_width(max_length)
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         outputs = self(batch)
         loss = self.task_loss(batch, outputs)
-        total = loss
-        batch_size = batch["input_ids"].shape[0]
-        for name, (fn, weight) in self._loss_terms.items():
-            term = fn(self, batch, outputs)
-            self.log(f"train/loss_{name}", term, batch_size=batch_size)
-            total = total + weight * term
-        if self._loss_terms:
-            self.log("train/loss_task", loss, batch_size=batch_size)
-        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
-        return total
+        return add_loss_terms(self, loss, batch, outputs, batch_size=batch["input_ids"].shape[0])
 
-    # ---- evaluation: one dataloader per task, sums reduced across ranks --------------------------------------
+    # ---- evaluation: one loader per task, the head's torchmetrics (synced across ranks by `compute`) -------
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return self.head.metric_names
+
+    @property
+    def higher_is_better(self) -> dict[str, bool]:
+        return dict(self.head.higher_is_better)
+
     def on_validation_epoch_start(self) -> None:
-        self._eval_sums = {}
+        # every rank builds the metrics of every loader, so every rank runs the same syncs in `compute`
+        loaders = len(self.trainer.num_val_batches) if self._trainer is not None else 0
+        self._eval_metrics = [{k: m.to(self.device) for k, m in self.head.new_metrics(i).items()}
+                              for i in range(loaders)]
 
     @torch.no_grad()
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -299,42 +252,12 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
         valid = batch.get("valid")  # False for the repeats that pad a rank's shard
         if valid is None:
             valid = torch.ones(batch["input_ids"].shape[0], dtype=torch.bool, device=self.device)
-        if self.task == "classification":
-            logits, labels = outputs["logits"].float(), batch["labels"]
-            cil = ((logits.argmax(-1) == labels) & valid).sum()
-            mask = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-            if dataloader_idx < len(self.task_classes):
-                mask[self.task_classes[dataloader_idx]] = True
-            else:
-                mask[:] = True
-            til = ((logits.masked_fill(~mask, float("-inf")).argmax(-1) == labels) & valid).sum()
-            sums = torch.stack([cil.float(), til.float(), valid.sum().float()])
-        else:
-            nll = causal_lm_nll(outputs["logits"], batch["labels"])  # (B, T-1), computed in fp32
-            tokens = (batch["labels"][:, 1:] != -100) & valid.unsqueeze(1)
-            sums = torch.stack([(nll * tokens).sum(), tokens.sum().float()])
-        acc = self._eval_sums.get(dataloader_idx)
-        self._eval_sums[dataloader_idx] = sums.double() if acc is None else acc + sums.double()
+        self.head.update_metrics(self._eval_metrics[dataloader_idx], batch, outputs, valid, dataloader_idx,
+                                 backbone=self.backbone)
 
     def on_validation_epoch_end(self) -> None:
-        # One collective for all loaders; a rank whose shard of a loader was empty contributes zeros (iterating
-        # only over the loaders a rank saw would make ranks disagree on the number of collectives and hang).
-        num_loaders = len(self.trainer.num_val_batches) if self._trainer is not None else len(self._eval_sums)
-        width = 3 if self.task == "classification" else 2
-        sums = torch.zeros(num_loaders, width, dtype=torch.float64, device=self.device)
-        for idx, value in self._eval_sums.items():
-            sums[idx] = value
-        if self._trainer is not None:
-            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-        results = {}
-        for idx, row in enumerate(sums.tolist()):
-            if self.task == "classification":
-                n = max(row[2], 1.0)
-                results[idx] = {"class_il_acc": row[0] / n, "task_il_acc": row[1] / n, "count": row[2]}
-            else:
-                nll = row[0] / max(row[1], 1.0)
-                results[idx] = {"nll": nll, "ppl": math.exp(min(nll, 700.0)), "count": row[1]}
-        self.eval_results = results
+        self.eval_results = {i: self.head.compute_metrics(m) for i, m in enumerate(self._eval_metrics)}
+        self._eval_metrics = []
 
     # ---- optimisation ----------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -356,39 +279,11 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
             kept, left_out = self._split_state(checkpoint["state_dict"])  # adapter-only mid-task checkpoint
             checkpoint["clight_base"] = self._base_meta(checkpoint["state_dict"], left_out)
             checkpoint["state_dict"] = kept
-        mine = {
-            "torch": torch.get_rng_state(),
-            "python": _python_state_to_plain(random.getstate()),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
-        # Every rank's own state: ranks draw different dropout masks, and only rank 0 writes the checkpoint
-        # (Lightning calls this hook on every rank, so the gather is safe).
-        ranks = [mine]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            ranks = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(ranks, mine)
-        checkpoint["clight_rng"] = {"ranks": ranks}
+        checkpoint["clight_rng"] = {"ranks": capture_rng_states()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "clight_base" in checkpoint:  # runs before Lightning loads checkpoint["state_dict"] (strictly)
             checkpoint["state_dict"] = self.restore_checkpoint_state(checkpoint["state_dict"], checkpoint["clight_base"])
         state = checkpoint.get("clight_rng")
-        if state is None:
-            return
-        ranks = state.get("ranks", [state])  # one state per rank (older checkpoints: rank 0's only)
-        rank = self.global_rank if self._trainer is not None else 0
-        state = ranks[rank] if rank < len(ranks) else ranks[0]
-        torch.set_rng_state(state["torch"])
-        random.setstate(_python_state_from_plain(state["python"]))
-        if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _python_state_to_plain(state: tuple) -> list:
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
-
-
-def _python_state_from_plain(state: list) -> tuple:
-    version, internal, gauss = state
-    return (version, tuple(internal), gauss)
+        if state is not None:
+            restore_rng_state(state.get("ranks", [state]), self.global_rank if self._trainer is not None else 0)

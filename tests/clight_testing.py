@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -28,6 +29,14 @@ def tiny_module(kind: str = "classification", **kwargs: Any) -> ContinualModule:
     if kind == "classification":
         return ContinualModule(config=dict(TINY_BERT), **kwargs)
     return ContinualModule(config=dict(TINY_LLAMA), task="causal_lm", **kwargs)
+
+
+def fake_module(**kwargs: Any) -> SimpleNamespace:
+    """A stand-in module for ``setup`` checks: what :class:`clight.contracts.ContinualModel` asks for, plus
+    ``kwargs``."""
+    fields = dict(automatic_optimization=True, forward=lambda batch: {}, task_loss=lambda b, o: 0,
+                  per_example_loss=lambda b, o: 0)
+    return SimpleNamespace(**{**fields, **kwargs})
 
 
 def tiny_stream(kind: str = "classification", num_tasks: int = 2, **kwargs: Any):

@@ -79,7 +79,8 @@ def swap_probe(callback: Any, module: Any) -> dict[str, torch.Tensor]:
     """EMAWeights' validation swap on the trained module: halve the weights, swap the EMA in and out, and record
     the logits of a fixed batch at each point. Under FSDP2 a unit left gathered by the previous forward would
     serve stale weights after a swap; the logits show it."""
-    from clight.callbacks.weight_space import load_weights_, trainable_parameters
+    from clight.callbacks._utils import trainable_parameters
+    from clight.callbacks.weight_space.base import load_weights_
 
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(5, module.backbone.config.vocab_size, (2, 8), generator=gen)
@@ -101,7 +102,9 @@ def run(scenario: str, out: Path, strategy_name: str, *, crash: bool = False, re
     callbacks = [case.cls(**{**case.kwargs, **(overrides[0] if overrides else {})})] if case else []
     thresholds: list[list[float]] = []
     if case_id == "gmask_magnitude":  # record every step's thresholds: they must be the full tensors' on each rank
-        callbacks[0]._thresholds = record(callbacks[0]._thresholds, thresholds)
+        import clight.callbacks.masking.gradient_mask as gradient_mask
+
+        gradient_mask.thresholds = record(gradient_mask.thresholds, thresholds)
     extra = [CrashAt(task=1, step=5)] if crash else []
     results, module = run_stream(
         out / strategy_name, [*callbacks, *extra], kind=kind, max_steps=6, resume=resume,

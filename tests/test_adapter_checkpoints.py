@@ -27,7 +27,7 @@ def test_lora_run_checkpoints_hold_only_trainable_tensors_and_resume_exactly(tmp
     with pytest.raises(SimulatedCrash):  # killed in the second task after its step-4 mid-task checkpoint
         run_stream(tmp_path / "crash", [CrashAt(task=1, step=5)], module_kwargs=LORA)
     trainable = {n for n, p in ref_module.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    assert trainable and all("lora_" in n or n.startswith("head.linear.") for n in trainable)
     mid = torch.load(tmp_path / "crash" / "checkpoints" / "wordnet-artifacts" / "last.ckpt", weights_only=True)
     stream = torch.load(tmp_path / "crash" / "stream.pt", weights_only=True)
     assert set(mid["state_dict"]) == trainable
@@ -96,7 +96,7 @@ def test_adapter_structure_travels_with_the_checkpoint() -> None:
     fresh.load_state_dict(fresh.restore_checkpoint_state(state, meta))
     assert fresh.adapter_names == ["task_0", "task_1"]
     assert fresh.active_adapters == ["task_0", "task_1"] and fresh.trainable_adapters == ["task_1"]
-    assert fresh.head.weight.requires_grad  # the head still trains: only adapter flags were set
+    assert fresh.head.linear.weight.requires_grad  # the head still trains: only adapter flags were set
     for name, value in module.state_dict().items():
         assert torch.equal(value, fresh.state_dict()[name]), name
 
@@ -108,7 +108,7 @@ def test_use_adapters_leaves_base_and_head_flags_alone() -> None:
     module.use_adapters(["default", "extra"], trainable=["extra"])
     assert module.trainable_adapters == ["extra"]
     module.use_adapters(["default"])
-    assert module.trainable_adapters == [] and module.head.weight.requires_grad
+    assert module.trainable_adapters == [] and module.head.linear.weight.requires_grad
     assert not any(p.requires_grad for n, p in module.named_parameters() if "lora_" not in n and "head" not in n)
     with pytest.raises(ValueError, match="known adapters"):
         module.use_adapters(["nope"])

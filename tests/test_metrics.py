@@ -20,7 +20,7 @@ from clight.functional import (
     learning_accuracy,
     summarize,
 )
-from clight.metrics import ResultMatrix, reduce_mean_across_ranks
+from clight.metrics import ResultMatrix
 
 NAN = math.nan
 
@@ -422,86 +422,3 @@ def test_result_matrix_to_dict_nan_summary_becomes_none() -> None:
     rm.add_row("b", {})
     summary = rm.to_dict()["summary"]
     assert summary == dict.fromkeys(SUMMARY_KEYS)
-
-
-# --------------------------------------------------------------------------- reduce_mean_across_ranks
-
-
-class _FakeStrategy:
-    def __init__(self, world_size: int) -> None:
-        self.world_size = world_size
-        self.root_device = torch.device("cpu")
-        self.calls: list[tuple[torch.Tensor, str]] = []
-
-    def reduce(self, tensor: torch.Tensor, group=None, reduce_op="mean") -> torch.Tensor:
-        self.calls.append((tensor.clone(), reduce_op))
-        # Pretend the other rank holds zeros: mean = tensor / 2.
-        return tensor / 2
-
-
-def test_reduce_single_process_is_identity() -> None:
-    values = {"b": 0.5, "a": 0.25}
-    assert reduce_mean_across_ranks(values, None) == values
-    strategy = _FakeStrategy(world_size=1)
-    assert reduce_mean_across_ranks(values, strategy) == values
-    assert strategy.calls == []
-
-
-def test_reduce_with_lightning_single_device_strategy() -> None:
-    from lightning.pytorch.strategies import SingleDeviceStrategy
-
-    values = {"a": 0.25, "b": 0.5}
-    assert reduce_mean_across_ranks(values, SingleDeviceStrategy(device="cpu")) == values
-
-
-def test_reduce_multi_process_calls_strategy_reduce() -> None:
-    strategy = _FakeStrategy(world_size=2)
-    out = reduce_mean_across_ranks({"b": 0.5, "a": 0.25}, strategy)
-    assert out == {"a": 0.125, "b": 0.25}
-    ((tensor, op),) = strategy.calls
-    assert op == "mean"
-    assert tensor.dtype == torch.float64
-    assert tensor.tolist() == [0.25, 0.5]  # sorted key order, same on every rank
-
-
-def _ddp_worker(rank: int, world_size: int, workdir: str) -> None:
-    from datetime import timedelta
-
-    import torch.distributed as dist
-    from lightning.fabric.utilities.distributed import _sync_ddp_if_available
-
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{workdir}/pg_init",
-        rank=rank,
-        world_size=world_size,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-
-        class _GlooStrategy:
-            # Same reduce path as lightning's DDPStrategy.reduce.
-            root_device = torch.device("cpu")
-
-            def __init__(self) -> None:
-                self.world_size = world_size
-
-            def reduce(self, tensor, group=None, reduce_op="mean"):
-                return _sync_ddp_if_available(tensor, group, reduce_op=reduce_op)
-
-        values = {"rte": float(rank), "sst2": 1.0 + 2.0 * rank}
-        out = reduce_mean_across_ranks(values, _GlooStrategy())
-        with open(f"{workdir}/rank{rank}.json", "w") as handle:
-            json.dump(out, handle)
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.ddp
-def test_reduce_gloo_two_processes(tmp_path) -> None:
-    import torch.multiprocessing as mp
-
-    mp.start_processes(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True, start_method="fork")
-    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
-    # rte: (0 + 1) / 2 = 0.5 ; sst2: (1 + 3) / 2 = 2.0 ; identical on both ranks
-    assert results[0] == results[1] == {"rte": 0.5, "sst2": 2.0}

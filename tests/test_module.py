@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
@@ -10,8 +11,9 @@ import torch
 from clight_testing import MINILM, TINY_BERT, tiny_module
 
 from clight import ContinualCallback, ContinualModule
+from clight.contracts import ContinualModel
 from clight.errors import ClightConfigError
-from clight.module import mean_pool
+from clight.heads import mean_pool
 
 
 def test_mean_pool_ignores_padding() -> None:
@@ -66,34 +68,42 @@ def test_config_without_vocab_size_takes_the_tokenizer_size() -> None:
     assert module.backbone.get_input_embeddings().num_embeddings == 384
 
 
-def test_loss_terms_add_to_the_task_loss_and_names_are_checked() -> None:
+class _ConstTerm(ContinualCallback):
+    @property
+    def loss_term_names(self):
+        return ("const",)
+
+    def loss_terms(self, trainer, pl_module, batch, outputs):
+        return {"const": 0.5 * torch.tensor(2.0)}
+
+
+def test_loss_terms_of_the_trainer_callbacks_add_to_the_task_loss() -> None:
     module = tiny_module(num_classes=3)
     module.configure_stream(num_classes=3)
     batch = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
              "labels": torch.tensor([1])}
-    torch.manual_seed(0)
     module.eval()
     base = module.task_loss(batch, module(batch))
-    module.register_loss_term("const", lambda m, b, o: torch.tensor(2.0), weight=0.5)
-    module.log = lambda *a, **k: None  # no trainer attached
+    logged = {}
+    module.log = lambda name, value, **k: logged.__setitem__(name, float(value))  # no trainer to log to
+    term = _ConstTerm()
+    module.trainer = SimpleNamespace(callbacks=[term])
     assert torch.allclose(module.training_step(batch, 0), base + 1.0)
-    with pytest.raises(ClightConfigError, match="already registered"):
-        module.register_loss_term("const", lambda m, b, o: torch.tensor(0.0))
-    with pytest.raises(ClightConfigError, match="must match"):
-        module.register_loss_term("Bad Name", lambda m, b, o: torch.tensor(0.0))
+    assert logged["train/loss_const"] == 1.0 and logged["train/loss_task"] == pytest.approx(float(base))
+    assert term._terms_collected
 
 
 def test_peft_lora_trains_only_the_adapter_and_the_head() -> None:
     module = ContinualModule(config=TINY_BERT, peft={"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"]})
     module.configure_stream(num_classes=4)
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    assert trainable and all("lora_" in n or n.startswith("head.linear.") for n in trainable)
     with pytest.raises(ClightConfigError, match="`peft`"):
         ContinualModule(config=TINY_BERT, peft={"r": 4, "no_such_option": 1})
 
 
-class _NeedsTerms(ContinualCallback):
-    required_capabilities = frozenset({"loss_terms"})
+class _NeedsModel(ContinualCallback):
+    module_contracts = (ContinualModel,)
 
 
 class _Plain(pl.LightningModule):
@@ -102,6 +112,7 @@ class _Plain(pl.LightningModule):
         self.layer = torch.nn.Linear(2, 1)
 
 
-def test_callback_needing_a_missing_capability_fails_in_setup() -> None:
-    with pytest.raises(ClightConfigError, match=r"needs the module capabilities \['loss_terms'\]"):
-        _NeedsTerms().setup(pl.Trainer(logger=False), _Plain(), "fit")
+def test_callback_needing_a_missing_contract_fails_in_setup_naming_the_members() -> None:
+    with pytest.raises(ClightConfigError, match=r"`_NeedsModel` needs a module that provides \['per_example_loss', "
+                                                r"'task_loss'\] \(`clight.contracts.ContinualModel`\)"):
+        _NeedsModel().setup(pl.Trainer(logger=False), _Plain(), "fit")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from clight_testing import tiny_module
+from clight_testing import fake_module, tiny_module
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
 from clight.callbacks import AGEM, Distillation, L2Anchor, Replay
@@ -91,20 +91,28 @@ def without_noise_masks(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str,
     return strip(a), strip(b)
 
 
+# importance checked to this share of each tensor's largest entry, and at least to this absolute noise floor
+ILL_CONDITIONED = {"si": (1e-4, 1e-9), "mas": (1e-5, 1e-7)}
+
+
 def without_ill_conditioned(a: dict[str, Any], b: dict[str, Any], scenario: str
                             ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Callback states without SI's importance, checked here to 1e-4 of each tensor's largest entry.
+    """Callback states without SI's and MAS's importance, checked here to a share of each tensor's largest entry.
 
     SI's ``Ω = ω / (Δθ² + ξ)`` divides sums of products of tiny per-step changes, then normalises to mean 1
     (entries up to ~2,000). The rounding differences between FSDP's reduce-scatter and DDP's all-reduce (the
-    weights agree to ~5e-8) then reach ~1e-5 of the tensor's scale. Key biases, whose exact gradient is 0, hold
-    noise (~1e-12) and are checked to 1e-9. A wrong shard would be off by its own size."""
-    if scenario != "si":
+    weights agree to ~5e-8) then reach ~1e-5 of the tensor's scale. MAS's ``|g|`` of a rarely seen token's
+    embedding row is a sum of cancelling terms: on an AMD EPYC CPU 30 of the tiny model's 977k embedding entries
+    (~0.02, against a largest entry of ~2,460) differed by up to 8e-4 of their value, ~7e-9 of the tensor's scale,
+    with the code of stop 12 as well as now. Key biases, whose exact gradient is 0, hold noise (SI: ~1e-12,
+    checked to 1e-9; MAS: ~2e-8, checked to 1e-7). A wrong shard would be off by its own size."""
+    if scenario not in ILL_CONDITIONED:
         return a, b
     for n, ref in b["importance"].items():
         scale = float(ref.abs().max())
-        torch.testing.assert_close(a["importance"][n], ref, atol=max(1e-4 * scale, 1e-9), rtol=0,
-                                   msg=f"SI importance {n}")
+        share, floor = ILL_CONDITIONED[scenario]
+        torch.testing.assert_close(a["importance"][n], ref, atol=max(share * scale, floor), rtol=0,
+                                   msg=f"{scenario} importance {n}")
     return {**a, "importance": {}}, {**b, "importance": {}}
 
 
@@ -164,7 +172,7 @@ def test_resumed_multi_process_run_ends_where_the_uninterrupted_one_does(
 
 
 def test_callbacks_without_sharded_support_are_refused_in_setup() -> None:
-    module = SimpleNamespace(automatic_optimization=True, capabilities=("loss_terms",))
+    module = fake_module()
     with pytest.raises(ClightConfigError, match="AGEM.*ModelParallelStrategy.*full gradient"):
         AGEM().setup(SimpleNamespace(strategy=ModelParallelStrategy()), module, "fit")
     with pytest.raises(ClightConfigError, match="not tested under `FSDPStrategy`.*ModelParallelStrategy"):
@@ -173,13 +181,13 @@ def test_callbacks_without_sharded_support_are_refused_in_setup() -> None:
 
 
 def test_a_sharded_teacher_is_not_offloaded() -> None:
-    module = SimpleNamespace(automatic_optimization=True, capabilities=("loss_terms",))
+    module = fake_module()
     with pytest.raises(ClightConfigError, match="teacher_device: cpu.*ModelParallelStrategy.*teacher_device: same"):
         Distillation(teacher_device="cpu").setup(SimpleNamespace(strategy=ModelParallelStrategy()), module, "fit")
 
 
 def test_replay_under_fsdp_needs_a_memory_row_per_rank() -> None:
-    module = SimpleNamespace(automatic_optimization=True, capabilities=("loss_terms",), task_loss=lambda b, o: 0)
+    module = fake_module()
     data = SimpleNamespace(train_examples=[], collate=lambda rows: rows)
     trainer = SimpleNamespace(strategy=ModelParallelStrategy(), world_size=4, datamodule=data)
     with pytest.raises(ClightConfigError, match="`memory_size`: 2 examples for 4 ranks.*>= 4"):

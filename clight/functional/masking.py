@@ -222,3 +222,32 @@ def unpack_bits(packed: Tensor, shape: Sequence[int]) -> Tensor:
     shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
     bits = (packed.reshape(-1, 1) >> shifts) & 1  # (B, 8)
     return bits.reshape(-1)[: math.prod(shape)].view(*shape).bool()
+
+
+def fold_importance(running: Mapping[str, Tensor], task: Mapping[str, Tensor], fraction: float, scope: str
+                    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Add a finished task's importance to the running importance and mask its top ``fraction``.
+
+    The task's importance is divided by its maximum over all tensors (the max, not the mean: exact whatever the
+    reduction order that produced it) and added to ``running``; the sum is kept in bfloat16. Returns the new
+    running importance and the boolean masks of its top ``fraction`` (per tensor or over all, ``scope``)."""
+    peak = max(float(t.max()) for t in task.values())
+    out = dict(running)
+    for name, t in task.items():
+        t = t / peak if peak > 0 else t
+        previous = out.get(name)
+        out[name] = (t if previous is None else previous.float() + t).to(torch.bfloat16)
+    return out, dict(zip(out, topk_masks(list(out.values()), fraction, scope)))
+
+
+def sparse_regions(change: Sequence[Tensor], free: Sequence[Tensor], fraction: float, scope: str) -> list[Tensor]:
+    """A task's new sparse regions: the ``fraction`` of entries (per tensor, or of all entries with ``scope:
+    global``) that changed most, ``|θ_end − θ_start|`` in ``change``, among the ``free`` (not yet masked) ones."""
+    change = [c.masked_fill(~f, -1.0) for c, f in zip(change, free)]
+    if scope == "tensor":
+        regions = [topk_mask(c, min(round(fraction * c.numel()), int(f.sum()))) for c, f in zip(change, free)]
+    else:
+        flat = torch.cat([c.reshape(-1) for c in change])
+        k = min(round(fraction * flat.numel()), int(sum(int(f.sum()) for f in free)))
+        regions = [m.view(c.shape) for m, c in zip(topk_mask(flat, k).split([c.numel() for c in change]), change)]
+    return [r & f for r, f in zip(regions, free)]

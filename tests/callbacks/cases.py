@@ -11,34 +11,19 @@ of a 2-process CPU DDP run.
 from __future__ import annotations
 
 from case import Case
+from cases_distillation import DISTILLATION_CASES
+from cases_lora import LORA_CASES
 from cases_masking import MASKING_CASES
-from cases_peft import PEFT_CASES
 from cases_regularization import REGULARIZATION_CASES
+from cases_rehearsal import REHEARSAL_CASES
+from cases_weight_space import WEIGHT_SPACE_CASES
 from probe import ProbeCallback
-
-from clight.callbacks import AGEM, DarkExperienceReplay, Replay
 
 CASES: list[Case] = [
     Case("probe", ProbeCallback, {"scale": 2.0}, bad_kwargs=[({"scale": 0.0}, "scale")]),
-    Case("replay_per_batch", Replay, {"memory_size": 16, "replay_batch_size": 4},
-         bad_kwargs=[({"memory_size": 0}, "memory_size"), ({"replay_batch_size": 0}, "replay_batch_size"),
-                     ({"policy": "fifo"}, "policy"), ({"selection": "newest"}, "selection"),
-                     ({"seed": -1}, "seed"), ({"score_pool": 0}, "score_pool"), ({"weight": 0.0}, "weight")]),
-    Case("replay_mixed", Replay, {"memory_size": 16, "mode": "mixed", "mixed_ratio": 0.5, "policy": "class_balanced"},
-         bad_kwargs=[({"mode": "interleaved"}, "mode"), ({"mixed_ratio": 0.0}, "mixed_ratio")]),
-    Case("replay_memmap", Replay, {"memory_size": 16, "replay_batch_size": 4, "memmap_dir": "memory"}),
-    Case("replay_causal_lm", Replay, {"memory_size": 16, "replay_batch_size": 4, "policy": "task_balanced"},
-         bad_kwargs=[({"memory_size": -5}, "memory_size")], kind="causal_lm"),
-    Case("der", DarkExperienceReplay, {"memory_size": 16, "replay_batch_size": 4, "selection": "highest_loss"},
-         bad_kwargs=[({"alpha": 0.0}, "alpha"), ({"beta": -1.0}, "beta"), ({"top_k": 0}, "top_k"),
-                     ({"memory_size": 0}, "memory_size")]),
-    Case("der_causal_lm", DarkExperienceReplay, {"memory_size": 16, "replay_batch_size": 4, "top_k": 4},
-         bad_kwargs=[({"top_k": 1.5}, "top_k")], kind="causal_lm"),
-    Case("agem", AGEM, {"memory_size": 16, "replay_batch_size": 4, "policy": "task_balanced"},
-         bad_kwargs=[({"memory_size": 0}, "memory_size"), ({"replay_batch_size": -1}, "replay_batch_size"),
-                     ({"policy": "balanced"}, "policy")]),
 ]
-CASES += REGULARIZATION_CASES + MASKING_CASES + PEFT_CASES
+CASES += (REHEARSAL_CASES + REGULARIZATION_CASES + DISTILLATION_CASES + MASKING_CASES + LORA_CASES
+          + WEIGHT_SPACE_CASES)
 
 
 def case_by_id(case_id: str) -> Case:

@@ -13,8 +13,6 @@ from clight.errors import ClightConfigError
 class ProbeCallback(ContinualCallback):
     """Counts optimizer steps per task and snapshots the parameter sum at every task end."""
 
-    required_capabilities = frozenset({"loss_terms"})
-
     def __init__(self, *, scale: float = 1.0) -> None:
         super().__init__()
         if scale <= 0:

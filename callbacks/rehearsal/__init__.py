@@ -1,0 +1,12 @@
+"""Rehearsal: keep examples of past tasks and train on them again (Replay, DER/DER++, A-GEM).
+
+The base :class:`~clight.callbacks.rehearsal.base.MemoryCallback` fills an
+:class:`~clight.callbacks.rehearsal.memory.ExampleMemory` at every task end."""
+
+from clight.callbacks.rehearsal.agem import AGEM
+from clight.callbacks.rehearsal.base import MemoryCallback
+from clight.callbacks.rehearsal.der import DarkExperienceReplay
+from clight.callbacks.rehearsal.memory import ExampleMemory
+from clight.callbacks.rehearsal.replay import Replay
+
+__all__ = ["AGEM", "DarkExperienceReplay", "ExampleMemory", "MemoryCallback", "Replay"]
