@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ import torch
 
 from clight.errors import ClightConfigError
 from clight.module import ContinualModule
-from clight.runner import STREAM_CHECKPOINT, load_module_state, prepare_stream
+from clight.runs import load_run
 
 EXPORT_FORMAT = "clight-export-1"
 
@@ -100,8 +99,8 @@ def export_module(
         plain.save_pretrained(out / "model", safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(out / "model")
-    if module.task == "classification":
-        head = module.head
+    head = module.output_head()
+    if isinstance(head, torch.nn.Linear):
         tensors = {"weight": head.weight.detach().cpu().contiguous()}
         if head.bias is not None:
             tensors["bias"] = head.bias.detach().cpu().contiguous()
@@ -114,36 +113,6 @@ def export_module(
     return manifest
 
 
-def load_run(run_dir: str | Path) -> tuple[ContinualModule, Any, dict[str, Any]]:
-    """Rebuild the module of a ``clight fit`` run from ``run_dir/config.yaml`` and load the weights of its last
-    finished task from ``run_dir/stream.pt``. Returns ``(module, datamodule, stream checkpoint)``.
-
-    Data paths in the config are relative to where the run was started: call this from the same folder. The
-    module is built on the CPU; a config-built base is rebuilt from the config's seed (checked on load)."""
-    from clight.cli import ContinualCLI
-
-    run = Path(run_dir)
-    config, checkpoint = run / "config.yaml", run / STREAM_CHECKPOINT
-    for path in (config, checkpoint):
-        if not path.exists():
-            raise ClightConfigError(f"{str(path)!r} does not exist: give the `stream.run_dir` of a `clight fit` run.")
-
-    class _Build(ContinualCLI):
-        def fit(self, model: Any, datamodule: Any = None, **_: Any) -> None:
-            self.built = (model, datamodule)
-
-    with warnings.catch_warnings():  # a script calling this has its own sys.argv, which LightningCLI warns about
-        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-        cli = _Build(args=["fit", "-c", str(config), "--trainer.accelerator=cpu", "--trainer.devices=1",
-                           "--trainer.strategy=auto", "--trainer.callbacks=[]", "--trainer.logger=false",
-                           "--trainer.num_nodes=1"])
-    module, datamodule = cli.built
-    prepare_stream(module, datamodule)
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    load_module_state(module, saved["module"], saved.get("module_base"))
-    return module, datamodule, saved
-
-
 def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool = False,
                adapters: Sequence[str] | None = None) -> dict[str, Any]:
     """:func:`load_run` then :func:`export_module` (with the stream's tokenizer and class names)."""
@@ -152,6 +121,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool = False,
                              tokenizer=getattr(datamodule, "tokenizer", None),
                              class_names=getattr(datamodule, "classes", None))
     stages = list(getattr(datamodule, "stage_names", []))
-    manifest.update(run_dir=str(run_dir), completed_stages=stages[: int(saved["completed"])], stages=stages)
+    manifest.update(run_dir=str(run_dir), completed_stages=stages[: int(saved["state"]["completed"])], stages=stages)
     (Path(out_dir) / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

@@ -4,46 +4,34 @@ checkpoint after every task, the task x task result matrix at the end."""
 from __future__ import annotations
 
 import copy
-import datetime
-import os
-import platform
-import resource
 import shutil
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning
 import lightning.pytorch as pl
-import torch
-import transformers
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.strategies import Strategy
 
 from clight.callback import ContinualCallback, is_sharded
-from clight.errors import ClightConfigError
-from clight.functional import summarize
-from clight.metrics import ResultMatrix
-from clight.progress import TaskProgressBar
-from clight.reporting import (
-    figure_to_chw_uint8,
-    format_summary_table,
-    render_heatmap,
-    save_figure_png,
-    write_results_json,
+from clight.checkpoint import (
+    STREAM_CHECKPOINT,
+    callback_key,
+    callback_states,
+    load_module_state,
+    module_checkpoint_state,
+    read_stream_checkpoint,
+    restore_callbacks,
+    write_stream_checkpoint,
 )
-from clight.sharding import gather_full
+from clight.datamodules.base import ContinualDataModule
+from clight.errors import ClightConfigError
+from clight.progress import TaskProgressBar
+from clight.results import build_results, stage_metrics, write_results
+from clight.state import StreamState
 from clight.tb import StreamTensorBoardLogger
 from clight.timing import StepTimer
-
-STREAM_CHECKPOINT = "stream.pt"
-# The runner evaluates with explicit loaders after each task, so fit has no val loader by design; and the train
-# loader *is* resumable mid-epoch (ResumableBatchSampler skips the trained batches), which Lightning can't see.
-warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
-warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -112,33 +100,37 @@ class StreamRunner:
         self.timer = StepTimer()
         self._summary_shown = False
 
+    @property
+    def continual_callbacks(self) -> list[ContinualCallback]:
+        return [cb for cb in self.callbacks if isinstance(cb, ContinualCallback)]
+
     # ---- public ------------------------------------------------------------------------------------------
-    def run(self, module: pl.LightningModule, datamodule: Any) -> dict[str, Any]:
+    def run(self, module: pl.LightningModule, datamodule: ContinualDataModule) -> dict[str, Any]:
         """Run the whole stream and return the results (also written to ``run_dir/results.json``)."""
         self._prepare(module, datamodule)
         state = self._initial_state(module, datamodule)
         self.logger = StreamTensorBoardLogger(str(self.run_dir))
         started = time.perf_counter()
-        if self.config_text and state["completed"] == 0 and not state["initial_done"]:
+        if self.config_text and state.completed == 0 and not state.initial_done:
             self._write_config()
-        if self.options.eval_initial and not state["initial_done"]:
-            trainer = self._trainer(datamodule, label="initial", extra=[])
+        if self.options.eval_initial and not state.initial_done:
+            trainer = self._trainer(label="initial", extra=[])
             values, _ = self._evaluate(trainer, module, datamodule)
-            for name, matrix in state["matrices"].items():
-                matrix.set_initial({t: v[name] for t, v in values.items()})
-            state["initial_done"] = True
+            state.set_initial(values)
             self._save_state(trainer, module, datamodule, state)
         n = len(datamodule.stage_names)
-        for i in range(state["completed"], n):
+        for i in range(state.completed, n):
             self._run_stage(i, n, module, datamodule, state)
-        results = self._results(datamodule, state, time.perf_counter() - started)
-        self._write_results(results, datamodule, state)
+        results = build_results(state, tasks=datamodule.task_names, stages=datamodule.stage_names,
+                                seconds=time.perf_counter() - started)
+        if pl.utilities.rank_zero.rank_zero_only.rank == 0:
+            write_results(self.run_dir, results, state, self.logger)
         return results
 
     # ---- setup ------------------------------------------------------------------------------------------
-    def _prepare(self, module: pl.LightningModule, datamodule: Any) -> None:
+    def _prepare(self, module: pl.LightningModule, datamodule: ContinualDataModule) -> None:
         prepare_stream(module, datamodule)
-        keys = [getattr(cb, "state_key", type(cb).__qualname__) for cb in self._continual_callbacks()]
+        keys = [callback_key(cb) for cb in self.continual_callbacks]
         dupes = sorted({k for k in keys if keys.count(k) > 1})
         if dupes:
             raise ClightConfigError(
@@ -146,16 +138,9 @@ class StreamRunner:
                 "(their `state_key` must differ so their checkpoints don't overwrite each other)."
             )
 
-    def _continual_callbacks(self) -> list[ContinualCallback]:
-        return [cb for cb in self.callbacks if isinstance(cb, ContinualCallback)]
-
-    def _initial_state(self, module: pl.LightningModule, datamodule: Any) -> dict[str, Any]:
+    def _initial_state(self, module: pl.LightningModule, datamodule: ContinualDataModule) -> StreamState:
         path = self.run_dir / STREAM_CHECKPOINT
-        fresh = {
-            "completed": 0, "initial_done": False, "step_offset": 0, "timing": [],
-            "matrices": {m: ResultMatrix(datamodule.task_names, metric=m, higher_is_better=datamodule.higher_is_better)
-                         for m in datamodule.metric_names},
-        }
+        state = StreamState.fresh(datamodule.task_names, stream_metrics(module, datamodule))
         if not self.options.resume:
             if path.exists() and not self.options.overwrite:
                 raise ClightConfigError(
@@ -166,10 +151,10 @@ class StreamRunner:
             if self.options.overwrite and (self.run_dir / "checkpoints").exists():
                 shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
                 path.unlink(missing_ok=True)
-            return fresh
+            return state
         if not path.exists():
-            return fresh  # nothing finished yet; a mid-task checkpoint of the first task may still exist
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+            return state  # nothing finished yet; a mid-task checkpoint of the first task may still exist
+        saved = read_stream_checkpoint(path)
         expected = datamodule.fingerprint()
         if saved["stream"] != expected:
             diff = [k for k in expected if saved["stream"].get(k) != expected[k]]
@@ -179,22 +164,12 @@ class StreamRunner:
                 "with the original data and task list, or start a new `stream.run_dir`."
             )
         load_module_state(module, saved["module"], saved.get("module_base"))
-        for cb in self._continual_callbacks():
-            key = getattr(cb, "state_key", type(cb).__qualname__)
-            if key not in saved["callbacks"]:
-                raise ClightConfigError(
-                    f"`--stream.resume`: the checkpoint has no state for callback {key!r}; resume with the "
-                    f"callbacks of the original run ({sorted(saved['callbacks'])})."
-                )
-            cb.load_state_dict(saved["callbacks"][key])
-        for name, matrix in fresh["matrices"].items():
-            matrix.load_state_dict(saved["matrices"][name])
-        fresh.update(completed=saved["completed"], initial_done=saved["initial_done"],
-                     step_offset=saved["step_offset"], timing=saved["timing"])
-        return fresh
+        restore_callbacks(saved, self.continual_callbacks)
+        state.load_state_dict(saved["state"])
+        return state
 
     # ---- one task -----------------------------------------------------------------------------------------
-    def _trainer(self, datamodule: Any, *, label: str, extra: list[Callback], budget: Any = None) -> pl.Trainer:
+    def _trainer(self, *, label: str, extra: list[Callback], budget: Any = None) -> pl.Trainer:
         kwargs = dict(self.trainer_kwargs)
         if self._strategy_template is not None:
             kwargs["strategy"] = copy.deepcopy(self._strategy_template)
@@ -215,10 +190,10 @@ class StreamRunner:
         )
         return pl.Trainer(**kwargs)
 
-    def _run_stage(self, i: int, n: int, module: pl.LightningModule, datamodule: Any, state: dict[str, Any]) -> None:
+    def _run_stage(self, i: int, n: int, module: pl.LightningModule, datamodule: ContinualDataModule,
+                   state: StreamState) -> None:
         datamodule.set_stage(i)
         name = datamodule.stage_names[i]
-        label = f"task {i + 1}/{n} · {name}"
         ckpt_dir = self.run_dir / "checkpoints" / name
         mid_ckpt = ckpt_dir / "last.ckpt"
         resume_from = str(mid_ckpt) if self.options.resume and mid_ckpt.exists() else None
@@ -228,98 +203,47 @@ class StreamRunner:
                 dirpath=ckpt_dir, filename="last", save_top_k=0, save_last=True, enable_version_counter=False,
                 every_n_train_steps=self.options.checkpoint_every_n_steps,
             ))
-        trainer = self._trainer(datamodule, label=label, extra=extra, budget=datamodule.current_budget)
+        trainer = self._trainer(label=f"task {i + 1}/{n} · {name}", extra=extra, budget=datamodule.current_budget)
         pl.seed_everything(self.seed + i, workers=True, verbose=False)
-        self.logger.step_offset = state["step_offset"]
+        self.logger.step_offset = state.step_offset
         self.timer.times.clear()
         t0 = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         train_seconds = time.perf_counter() - t0
         steps = trainer.global_step
         values, eval_seconds = self._evaluate(trainer, module, datamodule)
-        for metric, matrix in state["matrices"].items():
-            matrix.add_row(name, {t: v[metric] for t, v in values.items()})
-        self._log_stage(state, values, steps)
-        state["step_offset"] += steps
-        state["timing"].append({
+        state.add_row(name, values)
+        self.logger.log_metrics(stage_metrics(state, values), step=steps)
+        state.step_offset += steps
+        state.timing.append({
             "stage": name, "train_seconds": train_seconds, "eval_seconds": eval_seconds, "optimizer_steps": steps,
             "seconds_per_step": self.timer.mean_seconds, "resumed_mid_task": resume_from is not None,
         })
-        state["completed"] = i + 1
+        state.completed = i + 1
         self._save_state(trainer, module, datamodule, state)
         if trainer.is_global_zero and not self.options.keep_task_checkpoints:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
 
-    def _evaluate(self, trainer: pl.Trainer, module: pl.LightningModule, datamodule: Any
+    def _evaluate(self, trainer: pl.Trainer, module: pl.LightningModule, datamodule: ContinualDataModule
                   ) -> tuple[dict[str, dict[str, float]], float]:
         t0 = time.perf_counter()
         trainer.validate(module, dataloaders=datamodule.eval_dataloaders(), verbose=False)
         values = {datamodule.task_names[i]: r for i, r in module.eval_results.items()}
         return values, time.perf_counter() - t0
 
-    def _log_stage(self, state: dict[str, Any], values: dict[str, dict[str, float]], steps: int) -> None:
-        metrics: dict[str, float] = {}
-        for task, vals in values.items():
-            for metric in state["matrices"]:
-                metrics[f"eval/{task}/{metric}"] = vals[metric]
-        for metric, matrix in state["matrices"].items():
-            for key, value in seen_summary(matrix).items():
-                if value is not None:
-                    metrics[f"stream/{metric}/{key}"] = value
-        self.logger.log_metrics(metrics, step=steps)
-
-    def _save_state(self, trainer: pl.Trainer, module: pl.LightningModule, datamodule: Any, state: dict[str, Any]
-                    ) -> None:
+    def _save_state(self, trainer: pl.Trainer, module: pl.LightningModule, datamodule: ContinualDataModule,
+                    state: StreamState) -> None:
         # Sharded (FSDP) parameters and callback state are gathered on every rank (collectives); plain ones are
         # read on rank 0 only.
         if trainer.is_global_zero or is_sharded(trainer.strategy):
             module_state, module_base = module_checkpoint_state(module)
-            callback_states = self._callback_states()
+            callbacks = callback_states(self.continual_callbacks)
         if trainer.is_global_zero:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            payload = {
-                "format_version": FORMAT_VERSION,
-                "stream": datamodule.fingerprint(),
-                "completed": state["completed"], "initial_done": state["initial_done"],
-                "step_offset": state["step_offset"], "timing": state["timing"],
-                "module": module_state, "module_base": module_base,
-                "callbacks": callback_states,
-                "matrices": {m: mat.state_dict() for m, mat in state["matrices"].items()},
-            }
-            tmp = self.run_dir / (STREAM_CHECKPOINT + ".tmp")
-            torch.save(payload, tmp)
-            tmp.replace(self.run_dir / STREAM_CHECKPOINT)
+            write_stream_checkpoint(self.run_dir, {
+                "stream": datamodule.fingerprint(), "state": state.state_dict(),
+                "module": module_state, "module_base": module_base, "callbacks": callbacks,
+            })
         trainer.strategy.barrier("clight_stream_checkpoint")
-
-    def _callback_states(self) -> dict[str, Any]:
-        return {getattr(cb, "state_key", type(cb).__qualname__): gather_full(cb.state_dict())
-                for cb in self._continual_callbacks()}
-
-    # ---- the end ------------------------------------------------------------------------------------------
-    def _results(self, datamodule: Any, state: dict[str, Any], seconds: float) -> dict[str, Any]:
-        timing = state["timing"]
-        steps = sum(t["optimizer_steps"] for t in timing)
-        per_step = [t["seconds_per_step"] for t in timing if t["seconds_per_step"] is not None]
-        return {
-            "tasks": datamodule.task_names,
-            "stages": datamodule.stage_names,
-            "primary_metric": datamodule.primary_metric,
-            "matrices": {m: mat.to_dict() for m, mat in state["matrices"].items()},
-            "summary": {m: mat.summary() for m, mat in state["matrices"].items()},
-            "timing": {
-                "stages": timing,
-                "train_seconds": sum(t["train_seconds"] for t in timing),
-                "eval_seconds": sum(t["eval_seconds"] for t in timing),
-                "optimizer_steps": steps,
-                "seconds_per_step": sum(per_step) / len(per_step) if per_step else None,
-                "wall_seconds_this_process": seconds,
-            },
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "peak_gpu_memory_mb": (torch.cuda.max_memory_allocated() / 2**20
-                                   if torch.cuda.is_available() and torch.cuda.is_initialized() else None),
-            "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
-            "environment": environment(),
-        }
 
     def _write_config(self) -> None:
         if pl.utilities.rank_zero.rank_zero_only.rank != 0:
@@ -328,78 +252,31 @@ class StreamRunner:
         (self.run_dir / "config.yaml").write_text(self.config_text)
         self.logger.add_text("config", "```yaml\n" + self.config_text + "\n```")
 
-    def _write_results(self, results: dict[str, Any], datamodule: Any, state: dict[str, Any]) -> None:
-        if pl.utilities.rank_zero.rank_zero_only.rank != 0:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_results_json(self.run_dir / "results.json", results)
-        for metric, matrix in state["matrices"].items():
-            fig = render_heatmap(
-                matrix.matrix, matrix.stages, matrix.task_names,
-                title=f"{metric} after each task", metric=metric, higher_is_better=datamodule.higher_is_better,
+
+def stream_metrics(module: pl.LightningModule, datamodule: ContinualDataModule) -> dict[str, bool]:
+    """The metrics of the result matrices (whether higher is better for each): the module's evaluation metrics,
+    the datamodule's headline metric first."""
+    metrics = dict(module.higher_is_better)
+    primary = datamodule.primary_metric
+    if primary is not None:
+        if primary not in metrics:
+            raise ClightConfigError(
+                f"the stream's headline metric {primary!r} is not one the model reports ({sorted(metrics)}); use a "
+                "stream and model `task` that fit together."
             )
-            save_figure_png(fig, self.run_dir / f"matrix_{metric}.png")
-            self.logger.add_image(f"stream/matrix_{metric}", figure_to_chw_uint8(fig), state["step_offset"])
-        self.logger.experiment.flush()
-        for metric in results["matrices"]:
-            print(format_summary_table(results["matrices"][metric]))
-        print(f"results: {self.run_dir / 'results.json'}  ·  tensorboard --logdir {self.run_dir / 'tensorboard'}")
+        metrics = {primary: metrics[primary], **metrics}
+    return metrics
 
 
-def environment() -> dict[str, Any]:
-    """Where a run ran (for benchmark tables): library versions, CPU count and model, GPU name, finish time."""
-    cpu_model = platform.processor() or None
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu_model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu_model)
-    except OSError:
-        pass
-    return {
-        "python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__,
-        "transformers": transformers.__version__, "platform": platform.platform(terse=True),
-        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_model": cpu_model,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
-        "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def prepare_stream(module: pl.LightningModule, datamodule: Any) -> None:
+def prepare_stream(module: pl.LightningModule, datamodule: ContinualDataModule) -> None:
     """Read and tokenize the stream and size the module for it (what the runner does before the first task)."""
-    if getattr(datamodule, "tokenizer_path", "") is None and getattr(module, "model_path", None) is not None:
+    if datamodule.tokenizer_path is None and getattr(module, "model_path", None) is not None:
         datamodule.tokenizer_path = str(module.model_path)
     datamodule.prepare_stream()
     if hasattr(module, "configure_stream"):
-        tokenizer = getattr(datamodule, "tokenizer", None)
+        tokenizer = datamodule.tokenizer
         module.configure_stream(
             num_classes=getattr(datamodule, "num_classes", None),
             task_classes=getattr(datamodule, "task_classes", None),
             vocab_size=len(tokenizer) if tokenizer is not None else None,
         )
-
-
-def module_checkpoint_state(module: pl.LightningModule) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """The module's weights for the stream checkpoint (CPU tensors): adapter-only for a peft
-    :class:`~clight.module.ContinualModule` (see its ``checkpoint_state``), else the full state dict."""
-    if hasattr(module, "checkpoint_state"):
-        state, base = module.checkpoint_state()
-        return gather_full(state), base
-    return {k: v.detach().cpu() for k, v in gather_full(module.state_dict()).items()}, None
-
-
-def load_module_state(module: pl.LightningModule, state: dict[str, torch.Tensor], base: dict[str, Any] | None) -> None:
-    """Load what :func:`module_checkpoint_state` wrote (rebuilding adapters and checking the rebuilt base)."""
-    if hasattr(module, "restore_checkpoint_state"):
-        state = module.restore_checkpoint_state(state, base)
-    module.load_state_dict(state)
-
-
-def seen_summary(matrix: ResultMatrix) -> dict[str, float | None]:
-    """Summary over the tasks trained so far: the leading square block of a sequential matrix (the whole
-    row for a joint run)."""
-    R = matrix.matrix
-    k = R.shape[0]
-    if len(matrix.stages) == 1 and matrix.stages[0] not in matrix.task_names:  # joint
-        return summarize(R, matrix.initial, higher_is_better=matrix.higher_is_better)
-    initial = matrix.initial[:k] if matrix.initial is not None else None
-    return summarize(R[:k, :k], initial, higher_is_better=matrix.higher_is_better)

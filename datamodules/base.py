@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from abc import abstractmethod
 from typing import Any
 
@@ -11,36 +9,13 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from clight.datamodules.io import column, read_rows
-from clight.datamodules.sampling import ResumableBatchSampler
+from clight.datamodules.io import column, read_rows, stream_fingerprint
+from clight.datamodules.sampling import PaddedView, ResumableBatchSampler, fixed_sample
+from clight.datamodules.tokenizers import load_tokenizer
 from clight.errors import ClightConfigError
-from clight.hub import PKG_PREFIX
 from clight.task import Task, TaskInfo
 
 Example = dict[str, Any]
-
-
-def load_tokenizer(spec: str, *, argument: str = "tokenizer") -> Any:
-    """Load a tokenizer from a local folder (or ``pkg:<package>``); never from a hub."""
-    from pathlib import Path
-
-    from transformers import AutoTokenizer
-
-    if spec.startswith(PKG_PREFIX):
-        from clight.hub import resolve_pretrained_path
-
-        path = resolve_pretrained_path(spec, argument=argument)
-    else:
-        path = Path(spec).expanduser()
-        if not path.is_dir():
-            raise ClightConfigError(
-                f"`{argument}`: tokenizer folder {str(path)!r} does not exist; pass a local folder written by "
-                "`save_pretrained` (clight does not download tokenizers)."
-            )
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as err:
-        raise ClightConfigError(f"`{argument}`: {str(path)!r} holds no loadable tokenizer: {err}") from err
 
 
 class ContinualDataModule(pl.LightningDataModule):
@@ -152,17 +127,10 @@ class ContinualDataModule(pl.LightningDataModule):
 
     # ---- the stream ----------------------------------------------------------------------------------------
     @property
-    def metric_names(self) -> tuple[str, ...]:
-        """Per-task evaluation metrics this stream reports (keys of the module's eval results)."""
-        return ("class_il_acc", "task_il_acc")
-
-    @property
-    def primary_metric(self) -> str:
-        return self.metric_names[0]
-
-    @property
-    def higher_is_better(self) -> bool:
-        return True
+    def primary_metric(self) -> str | None:
+        """The headline metric of the stream's result tables (one the model reports, e.g. ``task_il_acc`` for a
+        task-incremental stream); ``None``: the model's first."""
+        return None
 
     @property
     def task_names(self) -> list[str]:
@@ -202,7 +170,7 @@ class ContinualDataModule(pl.LightningDataModule):
             self.encode(r, i, path=self._path(t, "train"), split="train") for i, (t, r) in enumerate(zip(tasks, train_rows))
         ]
         self.test_examples = [
-            self._eval_sample(self.encode(r, i, path=self._path(t, "test"), split="test"))
+            fixed_sample(self.encode(r, i, path=self._path(t, "test"), split="test"), self.eval_max_examples, self.seed)
             for i, (t, r) in enumerate(zip(tasks, test_rows))
         ]
         for t, train, test in zip(tasks, self.train_examples, self.test_examples):
@@ -218,18 +186,7 @@ class ContinualDataModule(pl.LightningDataModule):
         """Identifies the stream, so a resume with a different stream is refused."""
         if self._fingerprint is not None:
             return self._fingerprint
-        digest = hashlib.sha1()
-        for split in (self.train_examples, self.test_examples):
-            for examples in split:
-                for ex in examples:
-                    digest.update(json.dumps(ex, sort_keys=True, default=str).encode())
-        self._fingerprint = {
-            "tasks": self.task_names,
-            "labels": [list(t.labels) for t in self.tasks],
-            "joint": self.joint,
-            "sizes": [[len(a), len(b)] for a, b in zip(self.train_examples, self.test_examples)],
-            "sha1": digest.hexdigest(),
-        }
+        self._fingerprint = stream_fingerprint(self.tasks, self.train_examples, self.test_examples, joint=self.joint)
         return self._fingerprint
 
     def _path(self, task: Task, split: str) -> str:
@@ -266,13 +223,6 @@ class ContinualDataModule(pl.LightningDataModule):
         if not grouped:
             raise ClightConfigError(f"{path!r} holds no rows; every task needs training examples.")
         return grouped
-
-    def _eval_sample(self, examples: list[Example]) -> list[Example]:
-        if self.eval_max_examples is None or len(examples) <= self.eval_max_examples:
-            return examples
-        g = torch.Generator().manual_seed(self.seed + 7919)
-        keep = sorted(torch.randperm(len(examples), generator=g)[: self.eval_max_examples].tolist())
-        return [examples[i] for i in keep]
 
     # ---- loaders -------------------------------------------------------------------------------------------
     def _dist(self) -> tuple[int, int]:
@@ -328,7 +278,7 @@ class ContinualDataModule(pl.LightningDataModule):
                 len(examples), self.eval_batch_size, shuffle=False, rank=rank, world_size=world, mark_padding=True,
                 task_index=i,
             )
-            loaders.append(self._loader(_PaddedView(examples), sampler, self._collate_eval))
+            loaders.append(self._loader(PaddedView(examples), sampler, self._collate_eval))
         return loaders
 
     def _collate_eval(self, examples: list[Example]) -> dict[str, torch.Tensor]:
@@ -342,18 +292,3 @@ class ContinualDataModule(pl.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(examples, batch_sampler=sampler, collate_fn=collate or self.collate,
                           num_workers=self.num_workers, generator=generator, persistent_workers=False)
-
-
-class _PaddedView:
-    """Indexable view of a task's examples where index ``-(i + 1)`` is example ``i`` marked as padding."""
-
-    def __init__(self, examples: list[Example]) -> None:
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> Example:
-        if index < 0:
-            return {**self.examples[-index - 1], "_padding": True}
-        return self.examples[index]

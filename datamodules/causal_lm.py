@@ -62,14 +62,6 @@ class CausalLMStream(ContinualDataModule):
         self.text_column = text_column
         self.train_tokenizer_vocab = train_tokenizer_vocab
 
-    @property
-    def metric_names(self) -> tuple[str, ...]:
-        return ("ppl",)
-
-    @property
-    def higher_is_better(self) -> bool:
-        return False
-
     def make_tokenizer(self) -> Any:
         if self.train_tokenizer_vocab is None:
             return super().make_tokenizer()

@@ -57,10 +57,8 @@ class TextClassificationStream(ContinualDataModule):
         self.task_classes: list[list[int]] = []
 
     @property
-    def metric_names(self) -> tuple[str, ...]:
-        if self.scenario == "task_incremental":
-            return ("task_il_acc", "class_il_acc")
-        return ("class_il_acc", "task_il_acc")
+    def primary_metric(self) -> str:
+        return "task_il_acc" if self.scenario == "task_incremental" else "class_il_acc"
 
     @property
     def num_classes(self) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +79,21 @@ def column(rows: list[dict[str, Any]], name: str, *, path: str, argument: str) -
                 f"Set `{argument}` to the right column name."
             )
     return [row[name] for row in rows]
+
+
+def stream_fingerprint(tasks: Sequence[Any], train: Sequence[Sequence[dict[str, Any]]],
+                       test: Sequence[Sequence[dict[str, Any]]], *, joint: bool) -> dict[str, Any]:
+    """What identifies a stream (task names and labels, sizes, a SHA-1 of every encoded example), so that a
+    resume with a different stream is refused."""
+    digest = hashlib.sha1()
+    for split in (train, test):
+        for examples in split:
+            for ex in examples:
+                digest.update(json.dumps(ex, sort_keys=True, default=str).encode())
+    return {
+        "tasks": [t.name for t in tasks],
+        "labels": [list(t.labels) for t in tasks],
+        "joint": joint,
+        "sizes": [[len(a), len(b)] for a, b in zip(train, test)],
+        "sha1": digest.hexdigest(),
+    }

@@ -1,8 +1,10 @@
-"""A resumable, rank-aware batch sampler: deterministic order from (seed, task, epoch), resumes mid-epoch."""
+"""A resumable, rank-aware batch sampler (deterministic order from (seed, task, epoch), resumes mid-epoch), and the
+padded view of a task's examples that evaluation shards over ranks."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
@@ -89,3 +91,27 @@ class _EpochSetter:
 
     def set_epoch(self, epoch: int) -> None:
         self._owner.set_epoch(epoch)
+
+
+class PaddedView:
+    """Indexable view of a task's examples where index ``-(i + 1)`` is example ``i`` marked as padding."""
+
+    def __init__(self, examples: list[dict[str, Any]]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index < 0:
+            return {**self.examples[-index - 1], "_padding": True}
+        return self.examples[index]
+
+
+def fixed_sample(examples: list[dict[str, Any]], k: int | None, seed: int) -> list[dict[str, Any]]:
+    """At most ``k`` of ``examples`` (all when ``k`` is None), a seeded sample kept in order: the same every run."""
+    if k is None or len(examples) <= k:
+        return examples
+    g = torch.Generator().manual_seed(seed + 7919)
+    keep = sorted(torch.randperm(len(examples), generator=g)[:k].tolist())
+    return [examples[i] for i in keep]

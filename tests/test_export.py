@@ -130,7 +130,7 @@ def test_causal_lm_lora_export_gives_the_same_token_logits(tmp_path: Path) -> No
 
 
 def test_export_tool_on_a_cli_run(tmp_path: Path) -> None:
-    """`clight fit` with LoRA, then `tools/export.py RUN --out DIR`: the export gives the run's final model."""
+    """`clight fit` with LoRA, then `clight export RUN --out DIR`: the export gives the run's final model."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("LOCAL_RANK", None)
     run = tmp_path / "run"
@@ -140,7 +140,7 @@ def test_export_tool_on_a_cli_run(tmp_path: Path) -> None:
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert fit.returncode == 0, fit.stderr[-3000:]
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "export.py"), str(run), "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "clight", "export", str(run), "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((out / "export.json").read_text())
@@ -149,7 +149,7 @@ def test_export_tool_on_a_cli_run(tmp_path: Path) -> None:
     # the exported adapter and head are the run's last checkpoint's, bit for bit
     saved = torch.load(run / "stream.pt", weights_only=True)["module"]
     head = load_file(str(out / "head.safetensors"))
-    assert torch.equal(head["weight"], saved["head.weight"])
+    assert torch.equal(head["weight"], saved["head.linear.weight"])
     adapter = load_file(str(out / "adapters" / "adapter_model.safetensors"))
     key = "base_model.model.encoder.layer.1.attention.self.value.lora_B.weight"
     assert torch.equal(adapter[key], saved["backbone.base_model.model.encoder.layer.1.attention.self.value.lora_B."
@@ -157,6 +157,6 @@ def test_export_tool_on_a_cli_run(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(out / "model")("a dog")["input_ids"][0] == 101
-    bad = subprocess.run([sys.executable, str(ROOT / "tools" / "export.py"), str(tmp_path / "nope"), "--out",
+    bad = subprocess.run([sys.executable, "-m", "clight", "export", str(tmp_path / "nope"), "--out",
                           str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "does not exist" in bad.stderr

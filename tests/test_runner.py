@@ -44,12 +44,12 @@ def test_classification_stream_writes_results_heatmap_and_tensorboard(tmp_path: 
 
 
 class _AddTerm(ContinualCallback):
-    required_capabilities = frozenset({"loss_terms"})
+    @property
+    def loss_term_names(self):
+        return ("l2_probe",)
 
-    def setup(self, trainer, pl_module, stage):
-        super().setup(trainer, pl_module, stage)
-        if "l2_probe" not in pl_module.loss_terms:
-            pl_module.register_loss_term("l2_probe", lambda m, b, o: o["features"].pow(2).mean(), weight=0.0)
+    def loss_terms(self, trainer, pl_module, batch, outputs):
+        return {"l2_probe": 0.0 * outputs["features"].pow(2).mean()}
 
 
 def test_loss_terms_are_logged_under_their_names(tmp_path: Path) -> None:

@@ -1,0 +1,116 @@
+"""What a stream run reports: ``results.json`` (matrices, summaries, timing, memory, environment), the matrix
+heatmaps, the stream summaries logged after every task, and the text table printed at the end."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import resource
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+import transformers
+
+from clight.functional import summarize
+from clight.metrics import ResultMatrix
+from clight.reporting import (
+    figure_to_chw_uint8,
+    format_summary_table,
+    render_heatmap,
+    save_figure_png,
+    write_results_json,
+)
+from clight.state import StreamState
+from clight.tb import StreamTensorBoardLogger
+
+
+def seen_summary(matrix: ResultMatrix) -> dict[str, float | None]:
+    """Summary over the tasks trained so far: the leading square block of a sequential matrix (the whole
+    row for a joint run)."""
+    R = matrix.matrix
+    k = R.shape[0]
+    if len(matrix.stages) == 1 and matrix.stages[0] not in matrix.task_names:  # joint
+        return summarize(R, matrix.initial, higher_is_better=matrix.higher_is_better)
+    initial = matrix.initial[:k] if matrix.initial is not None else None
+    return summarize(R[:k, :k], initial, higher_is_better=matrix.higher_is_better)
+
+
+def stage_metrics(state: StreamState, values: dict[str, dict[str, float]]) -> dict[str, float]:
+    """TensorBoard scalars after a stage: ``eval/<task>/<metric>`` and ``stream/<metric>/<summary>``."""
+    metrics: dict[str, float] = {}
+    for task, vals in values.items():
+        for metric in state.matrices:
+            metrics[f"eval/{task}/{metric}"] = vals[metric]
+    for metric, matrix in state.matrices.items():
+        for key, value in seen_summary(matrix).items():
+            if value is not None:
+                metrics[f"stream/{metric}/{key}"] = value
+    return metrics
+
+
+def build_results(state: StreamState, *, tasks: list[str], stages: list[str], seconds: float) -> dict[str, Any]:
+    """The content of ``results.json``."""
+    timing = state.timing
+    steps = sum(t["optimizer_steps"] for t in timing)
+    per_step = [t["seconds_per_step"] for t in timing if t["seconds_per_step"] is not None]
+    return {
+        "tasks": tasks,
+        "stages": stages,
+        "primary_metric": state.metric_names[0],
+        "matrices": {m: mat.to_dict() for m, mat in state.matrices.items()},
+        "summary": {m: mat.summary() for m, mat in state.matrices.items()},
+        "timing": {
+            "stages": timing,
+            "train_seconds": sum(t["train_seconds"] for t in timing),
+            "eval_seconds": sum(t["eval_seconds"] for t in timing),
+            "optimizer_steps": steps,
+            "seconds_per_step": sum(per_step) / len(per_step) if per_step else None,
+            "wall_seconds_this_process": seconds,
+        },
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_memory_mb": (torch.cuda.max_memory_allocated() / 2**20
+                               if torch.cuda.is_available() and torch.cuda.is_initialized() else None),
+        "world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
+        "environment": environment(),
+    }
+
+
+def write_results(run_dir: Path, results: dict[str, Any], state: StreamState,
+                  logger: StreamTensorBoardLogger) -> None:
+    """Write ``results.json`` and the heatmaps (also into TensorBoard), and print the summary tables. Rank 0."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_results_json(run_dir / "results.json", results)
+    for metric, matrix in state.matrices.items():
+        fig = render_heatmap(matrix.matrix, matrix.stages, matrix.task_names, title=f"{metric} after each task",
+                             metric=metric, higher_is_better=matrix.higher_is_better)
+        save_figure_png(fig, run_dir / f"matrix_{metric}.png")
+        logger.add_image(f"stream/matrix_{metric}", figure_to_chw_uint8(fig), state.step_offset)
+    logger.experiment.flush()
+    for metric in results["matrices"]:
+        print(format_summary_table(results["matrices"][metric]))
+    print(f"results: {run_dir / 'results.json'}  ·  tensorboard --logdir {run_dir / 'tensorboard'}")
+
+
+def environment() -> dict[str, Any]:
+    """Where a run ran (for benchmark tables): library versions, CPU count and model, GPU name, finish time."""
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__,
+        "transformers": transformers.__version__, "platform": platform.platform(terse=True),
+        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+        "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux: from ``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            found = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), None)
+    except OSError:
+        found = None
+    return found or platform.processor() or None

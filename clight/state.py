@@ -1,0 +1,61 @@
+"""StreamState: how far a stream run has got (tasks done, the result matrices so far, step offset, timings)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from clight.metrics import ResultMatrix
+
+
+@dataclass
+class StreamState:
+    """The progress of a stream run, saved in the stream checkpoint after every task.
+
+    Args:
+        matrices: one :class:`~clight.metrics.ResultMatrix` per evaluation metric, the headline metric first.
+        completed: training stages finished.
+        initial_done: the evaluation before training (the ``initial`` row) is done.
+        step_offset: optimizer steps of the finished stages (TensorBoard's step axis continues from here).
+        timing: one entry per finished stage (train/eval seconds, optimizer steps, seconds per step).
+    """
+
+    matrices: dict[str, ResultMatrix]
+    completed: int = 0
+    initial_done: bool = False
+    step_offset: int = 0
+    timing: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def fresh(cls, task_names: Sequence[str], higher_is_better: Mapping[str, bool]) -> StreamState:
+        """An empty state with one matrix per metric of ``higher_is_better`` (in its order)."""
+        return cls({m: ResultMatrix(task_names, metric=m, higher_is_better=hib) for m, hib in higher_is_better.items()})
+
+    @property
+    def metric_names(self) -> list[str]:
+        return list(self.matrices)
+
+    def add_row(self, stage: str, values: Mapping[str, Mapping[str, float]]) -> None:
+        """Record the evaluation after ``stage``: ``values[task][metric]``."""
+        for metric, matrix in self.matrices.items():
+            matrix.add_row(stage, {t: v[metric] for t, v in values.items()})
+
+    def set_initial(self, values: Mapping[str, Mapping[str, float]]) -> None:
+        """Record the evaluation before training."""
+        for metric, matrix in self.matrices.items():
+            matrix.set_initial({t: v[metric] for t, v in values.items()})
+        self.initial_done = True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values (``torch.load(weights_only=True)`` reads them back)."""
+        return {
+            "completed": self.completed, "initial_done": self.initial_done, "step_offset": self.step_offset,
+            "timing": list(self.timing), "matrices": {m: mat.state_dict() for m, mat in self.matrices.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for name, matrix in self.matrices.items():
+            matrix.load_state_dict(state["matrices"][name])
+        self.completed, self.initial_done = int(state["completed"]), bool(state["initial_done"])
+        self.step_offset, self.timing = int(state["step_offset"]), list(state["timing"])
