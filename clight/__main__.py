@@ -1,3 +1,3 @@
-from clight.cli import main
+from clight.commands import main
 
 main()

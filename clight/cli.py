@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from typing import Any
 
 from lightning.pytorch.cli import LightningCLI, instantiate_class
@@ -84,10 +85,20 @@ class ContinualCLI(LightningCLI):
         self.results = runner.run(model, datamodule)
 
 
+def quiet_warnings() -> None:
+    """Silence the warnings that clight's own design triggers (set by the ``clight`` command only, never on
+    import): the runner evaluates with explicit loaders after each task, so `fit` has no val loader by design;
+    and the train loader *is* resumable mid-epoch (`ResumableBatchSampler` skips the trained batches), which
+    Lightning cannot see."""
+    warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+
+
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``clight`` console script."""
+    """Entry point of ``clight fit``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_warnings()
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_QuietTrainerBanner())
     if args is None:  # rewrite in place: DDP ranks re-run sys.argv
         sys.argv[1:] = ["--stream.resume=true" if a == "--resume" else a for a in sys.argv[1:]]

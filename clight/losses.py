@@ -20,7 +20,7 @@ class _ChunkedNLL(torch.autograd.Function):
     Forward keeps only the logits (already alive for the LM head's graph) and the ``(N,)`` log-normalisers;
     backward writes ``g · (softmax(x) − onehot)`` chunk by chunk into one gradient the size of the logits.
     (Slicing the logits and letting autograd differentiate each chunk instead costs one full-size zero tensor
-    and one full-size addition per chunk: ``tools/loss_speed.py`` times both.)"""
+    and one full-size addition per chunk: ``tools/bench/loss_speed.py`` times both.)"""
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, chunk: int) -> Tensor:  # type: ignore[override]
@@ -74,6 +74,6 @@ def compiled_causal_lm_nll() -> Callable[[Tensor, Tensor], Tensor]:
     """The training loss of a module with ``compile: true``: :func:`causal_lm_nll` with ``chunked=False`` under
     ``torch.compile``, where the upcast, log-softmax and gradient fuse into kernels that hold nothing but the
     logits' gradient (eager, that form holds an fp32 copy of the logits and its log-softmax). Compiled on first
-    use; one process-wide instance, so every task's Trainer reuses its graph. ``python tools/loss_speed.py``
+    use; one process-wide instance, so every task's Trainer reuses its graph. ``python tools/bench/loss_speed.py``
     times it against the eager chunked loss."""
     return torch.compile(functools.partial(causal_lm_nll, chunked=False))

@@ -9,8 +9,8 @@ same path is tested against DDP by tests/test_sharded.py (2 processes, gloo); th
 (NCCL, bf16 where asked). With one GPU the mesh has one rank, so nothing is split; run it with `--devices 2`
 (or more) where there are several GPUs.
 
-    python tools/fsdp_smoke.py --devices 1
-    python tools/fsdp_smoke.py --devices 2 --cpu      # the same on 2 CPU processes (gloo)
+    python tests/fsdp_smoke.py --devices 1
+    python tests/fsdp_smoke.py --devices 2 --cpu      # the same on 2 CPU processes (gloo)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""tools/merge.py: Hugging Face folders and clight run checkpoints merged against a base, checked by hand."""
+"""clight merge: Hugging Face folders and clight run checkpoints merged against a base, checked by hand."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import torch
 from transformers import AutoModel, BertConfig, BertModel
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import merge as merge_tool  # noqa: E402
+from clight.commands import merge as merge_tool  # noqa: E402
 
 D1 = torch.tensor([1.0, -2.0, 3.0, 0.5, 0.0, 0.0, 0.0, 0.0])
 D2 = torch.tensor([-3.0, 1.0, 1.0, -0.25, 0.0, 0.0, 0.0, 0.0])
@@ -35,7 +34,7 @@ def _tiny(tmp: Path) -> tuple[Path, Path, Path]:
 def test_hf_folders_magmax_through_the_command_line(tmp_path: Path) -> None:
     base, a, b = _tiny(tmp_path)
     out = tmp_path / "merged"
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "merge.py"), "--method", "magmax", "--scale", "0.5",
+    proc = subprocess.run([sys.executable, "-m", "clight", "merge", "--method", "magmax", "--scale", "0.5",
                            "--base", str(base), "--out", str(out), str(a), str(b)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     merged = AutoModel.from_pretrained(out, add_pooling_layer=False)  # plain transformers loads it

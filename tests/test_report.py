@@ -1,4 +1,4 @@
-"""tools/report.py and the comparison helpers of clight.reporting: the HTML page and its Markdown twin are
+"""clight report and the comparison helpers of clight.reporting: the HTML page and its Markdown twin are
 checked structurally on tiny real runs (tables hold the results.json numbers, images decode as PNG, nothing
 is fetched from the network)."""
 
@@ -6,22 +6,20 @@ from __future__ import annotations
 
 import base64
 import functools
-import importlib.util
 import json
 import math
 import re
 import shutil
 import statistics
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from clight_testing import ROOT, run_stream
+from clight_testing import run_stream
 
-from clight.comparison import (
+from clight.reporting import (
     compare_methods,
     comparison_markdown,
     format_mean_std,
@@ -33,16 +31,10 @@ from clight.comparison import (
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _load_tool(name: str):
-    sys.path.insert(0, str(ROOT / "tools"))
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+class report:  # noqa: N801 - the `clight report` pieces under one name
+    from clight.commands.report import main
+    from clight.reporting.page import build, discover
 
-
-report = _load_tool("report")
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -104,7 +96,7 @@ def test_task_curves_figure() -> None:
 
 @pytest.fixture(scope="module")
 def bench_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tools/bench.py-shaped folder from three tiny real runs: naive (two cells), joint, and `short`."""
+    """A clight bench-shaped folder from three tiny real runs: naive (two cells), joint, and `short`."""
     root = tmp_path_factory.mktemp("bench")
     fast = {"optimizer": functools.partial(torch.optim.AdamW, lr=3e-3)}  # a few steps that change the numbers
     run_stream(root / "naive" / "seed0", [], max_steps=6, checkpoint_every_n_steps=0, module_kwargs=fast)
@@ -253,7 +245,7 @@ def test_mean_over_seeds_in_the_heatmap_input(bench_dir: Path, tmp_path: Path) -
     shutil.copytree(bench_dir / "naive", copy)
     rep = report.build({"naive": sorted(copy.glob("seed*"))}, metrics=[])
     a, b = (np.array(r["matrices"]["class_il_acc"]["matrix"]) for r in rep.methods["naive"])
-    from clight.comparison import mean_matrix
+    from clight.reporting import mean_matrix
 
     np.testing.assert_allclose(mean_matrix(rep.methods["naive"], "class_il_acc"), (a + b) / 2)
     assert rep.figures == {}  # metrics=[] draws nothing

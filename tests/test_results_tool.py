@@ -1,4 +1,4 @@
-"""tools/results.py: which configs join each stream, the marked block of docs/RESULTS.md, and one end-to-end
+"""tools/docs/results.py: which configs join each stream, the marked block of docs/RESULTS.md, and one end-to-end
 regeneration on tiny configs (one real `clight fit` cell per stream)."""
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _load_tool(name: str):
-    sys.path.insert(0, str(ROOT / "tools"))
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / "docs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -120,7 +119,7 @@ def test_one_command_regenerates_the_page_from_real_cells(tmp_path: Path, capsys
     assert results.main(argv) == 0
     text = doc.read_text()
     assert "stale" not in text and text.endswith("## GPU\nhand-written\n")
-    assert f"python tools/results.py --configs {naive} --pretraining-configs {cpt}" in text
+    assert f"python tools/docs/results.py --configs {naive} --pretraining-configs {cpt}" in text
     assert "-- --trainer.max_steps 2" in text and "torch " in text  # the command, the machine
     for stream, title, metric in (("wordnet", results.STREAMS["wordnet"].title, "class_il_acc"),
                                   ("pretraining", results.STREAMS["pretraining"].title, "ppl")):

@@ -1,4 +1,4 @@
-"""The committed WordNet stream (clight/data/wordnet) is exactly what tools/build_wordnet_stream.py builds."""
+"""The committed WordNet stream (clight/data/wordnet) is exactly what tools/data/build_wordnet_stream.py builds."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from types import ModuleType
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BUILDER_PATH = REPO_ROOT / "tools" / "build_wordnet_stream.py"
+BUILDER_PATH = REPO_ROOT / "tools" / "data" / "build_wordnet_stream.py"
 COMMITTED_DIR = REPO_ROOT / "clight" / "data" / "wordnet"
 WORDNET_DIR = Path("/usr/share/wordnet")
 COMPARED_FILES = ("train.jsonl", "test.jsonl", "tasks.json")
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def load_builder() -> ModuleType:
-    """Import tools/build_wordnet_stream.py by path (tools/ is not a package)."""
+    """Import tools/data/build_wordnet_stream.py by path (tools/ is not a package)."""
     spec = importlib.util.spec_from_file_location("build_wordnet_stream", BUILDER_PATH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -49,7 +49,7 @@ def built_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_build_matches_committed_files(built_dir: Path, name: str) -> None:
     assert (built_dir / name).read_bytes() == (COMMITTED_DIR / name).read_bytes(), (
         f"{name} differs from the committed copy; rebuild with "
-        "`python tools/build_wordnet_stream.py --out clight/data/wordnet`"
+        "`python tools/data/build_wordnet_stream.py --out clight/data/wordnet`"
     )
 
 

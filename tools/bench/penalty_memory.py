@@ -9,8 +9,8 @@ process's peak resident memory rose during that step:
 - ``grouped``: the callbacks' code as it is;
 - ``one pass``: the same code with a single group (how it worked before the grouping), for comparison.
 
-    python tools/penalty_memory.py                          # 1.236B entries in bf16: ~10 GB of inputs
-    python tools/penalty_memory.py --dtype float32 --params 600e6
+    python tools/bench/penalty_memory.py                          # 1.236B entries in bf16: ~10 GB of inputs
+    python tools/bench/penalty_memory.py --dtype float32 --params 600e6
 
 CPU only (resident memory is what the kernel reports); on a GPU the same temporaries land in
 ``max_memory_allocated``.

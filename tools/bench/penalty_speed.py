@@ -8,8 +8,8 @@ report the memory of EWC's state relative to the model.
 
 Both must give the same gradient (checked). Usage (a few seconds)::
 
-    python tools/penalty_speed.py                 # CPU
-    python tools/penalty_speed.py --device cuda --model /path/to/minilm
+    python tools/bench/penalty_speed.py                 # CPU
+    python tools/bench/penalty_speed.py --device cuda --model /path/to/minilm
 """
 
 from __future__ import annotations

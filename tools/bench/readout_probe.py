@@ -38,7 +38,7 @@ class ReadoutProbe(Callback):
         loader = trainer.datamodule.eval_dataloaders()[0]
         classes = torch.tensor(pl_module.task_classes[0])
         feats, labels = [], []
-        handle = pl_module.head.register_forward_hook(lambda m, args, out: feats.append(args[0].detach().float().cpu()))
+        handle = pl_module.output_head().register_forward_hook(lambda m, args, out: feats.append(args[0].detach().float().cpu()))
         was_training = pl_module.training
         pl_module.eval()
         try:
@@ -50,7 +50,8 @@ class ReadoutProbe(Callback):
             handle.remove()
             pl_module.train(was_training)
         h, y = torch.cat(feats), torch.cat(labels)
-        w, b = pl_module.head.weight.detach().float().cpu(), pl_module.head.bias.detach().float().cpu()
+        head = pl_module.output_head()
+        w, b = head.weight.detach().float().cpu(), head.bias.detach().float().cpu()
         if self.w0 is None:
             self.w0, self.b0, self.h0 = w.clone(), b.clone(), h.clone()
 

@@ -1,4 +1,4 @@
-"""The plain-PyTorch reference that tools/throughput.py is compared against, on the same device in the same run.
+"""The plain-PyTorch reference that tools/bench/throughput.py is compared against, on the same device in the same run.
 
 No Lightning and no clight: the model of a `clight fit` config (``model.config``) built with
 ``AutoModelForCausalLM.from_config`` (random init, SDPA attention), random token ids of the config's batch shape,
@@ -6,8 +6,8 @@ No Lightning and no clight: the model of a `clight fit` config (``model.config``
 It times ``--steps`` optimizer steps after ``--warmup``, eager and then (``--compile``) with ``torch.compile`` of
 the same model, and prints tokens/s and MFU with the same FLOPs convention as throughput.py (``6 N + 6 L d T``).
 
-    python tools/reference_loop.py -c configs/llama_1b_pretraining.yaml --compile
-    python tools/reference_loop.py --tiny --steps 3 --warmup 1        # CPU dry run, tiny model
+    python tools/bench/reference_loop.py -c configs/llama_1b_pretraining.yaml --compile
+    python tools/bench/reference_loop.py --tiny --steps 3 --warmup 1        # CPU dry run, tiny model
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import yaml
 from transformers import AutoConfig, AutoModelForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
-# shared with tools/throughput.py, so both tools time the same tiny model and count FLOPs the same way
+# shared with tools/bench/throughput.py, so both tools time the same tiny model and count FLOPs the same way
 TINY = dict(model_type="llama", vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16

@@ -13,8 +13,8 @@ optimizer steps per task, and reports per task the training and evaluation secon
 evaluating every task's full test set (evaluation after task t covers all tasks: O(tasks²) over the stream) and
 once with `eval_max_examples` (a fixed sample per task, which bounds each evaluation).
 
-    python tools/scale.py memory --capacity 1000000 --task-size 100000 --tasks 20
-    python tools/scale.py stream --tasks 20 --steps 10 --eval-max-examples 16
+    python tools/bench/scale.py memory --capacity 1000000 --task-size 100000 --tasks 20
+    python tools/bench/scale.py stream --tasks 20 --steps 10 --eval-max-examples 16
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def synthetic_examples(n: int, task: int, generator: torch.Generator) -> list[di
 
 
 def memory_scaling(capacity: int, task_size: int, tasks: int) -> list[dict]:
-    from clight.callbacks.memory import ExampleMemory, examples_to_rows, plan_insert, seeded_generator
+    from clight.callbacks._utils import seeded_generator
+    from clight.callbacks.rehearsal.memory import ExampleMemory, examples_to_rows, plan_insert
     from clight.datamodules.classification import TextClassificationStream
 
     collate = partial(TextClassificationStream.collate, SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0),

@@ -9,10 +9,10 @@ so it measures everything a training step costs (data loading, forward, loss, ba
 The same model instance serves every method in turn (its weights keep training; throughput does not depend on
 them), so the methods are compared in one process on one device.
 
-    python tools/throughput.py -c configs/llama_1b_pretraining.yaml \
+    python tools/bench/throughput.py -c configs/llama_1b_pretraining.yaml \
         --methods naive configs/l2_anchor.yaml configs/ewc.yaml configs/gradient_mask_magnitude.yaml \
         -- --trainer.devices 1 --trainer.precision bf16-mixed
-    python tools/throughput.py --tiny --steps 3 --warmup 1      # CPU dry run of the same code, tiny model
+    python tools/bench/throughput.py --tiny --steps 3 --warmup 1      # CPU dry run of the same code, tiny model
 
 A method is `naive` or a technique config whose `trainer.callbacks` are used (its model and data are ignored).
 Arguments after `--` override the base config, exactly as on the `clight fit` command line.

@@ -42,8 +42,8 @@ Sources (Debian packages): ``wordnet-base``, ``manpages``, ``manpages-dev``,
 
 Usage::
 
-    python tools/build_domain_streams.py              # writes clight/data/{domains,instruct}
-    python tools/build_domain_streams.py --out-root /tmp/data --seed 1
+    python tools/data/build_domain_streams.py              # writes clight/data/{domains,instruct}
+    python tools/data/build_domain_streams.py --out-root /tmp/data --seed 1
 """
 
 from __future__ import annotations
@@ -703,7 +703,7 @@ On a Debian/Ubuntu machine with the source packages installed
 (`apt-get install -y wordnet-base manpages manpages-dev base-files groff-base`):
 
 ```
-python tools/build_domain_streams.py
+python tools/data/build_domain_streams.py
 ```
 
 The output is byte-identical across runs with the same package versions. Built from:
@@ -754,7 +754,7 @@ Requires WordNet 3.0 (`apt-get install -y wordnet-base`), plus the packages list
 `../domains/README.md` since the same script builds both folders:
 
 ```
-python tools/build_domain_streams.py
+python tools/data/build_domain_streams.py
 ```
 
 Byte-identical across runs. Built from:

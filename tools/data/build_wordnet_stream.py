@@ -16,7 +16,7 @@ script twice gives byte-identical files.
 
 Usage::
 
-    python tools/build_wordnet_stream.py --out clight/data/wordnet
+    python tools/data/build_wordnet_stream.py --out clight/data/wordnet
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ def write_licence(path: Path, wordnet_dir: Path) -> None:
     header = (
         "The files in this directory (train.jsonl, test.jsonl, tasks.json) are derived from\n"
         "WordNet 3.0 as shipped by Debian's wordnet-base package (/usr/share/wordnet),\n"
-        "built with tools/build_wordnet_stream.py. WordNet is distributed under the\n"
+        "built with tools/data/build_wordnet_stream.py. WordNet is distributed under the\n"
         "following licence:\n\n"
     )
     path.write_text(header + licence_text(wordnet_dir), encoding="utf-8")
@@ -290,7 +290,7 @@ Requires the WordNet 3.0 database (`apt-get install wordnet-base`). The output i
 byte-identical across runs:
 
 ```
-python tools/build_wordnet_stream.py --out clight/data/wordnet
+python tools/data/build_wordnet_stream.py --out clight/data/wordnet
 ```
 
 `tests/test_wordnet_builder.py` checks the committed files against a fresh build.

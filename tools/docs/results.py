@@ -4,15 +4,15 @@ tables and figures between the `<!-- results:begin -->` and `<!-- results:end --
 Two streams: (a) the WordNet class-incremental classification stream — `naive`, `joint` and every technique config
 in configs/ that runs the same stream with the same budget as configs/naive.yaml; (b) the continual-pretraining
 domain stream — configs/continual_pretraining.yaml (naive) and its `continual_pretraining_*.yaml` variants that
-run the same stream. Every cell is a `tools/bench.py` cell (`<out>/<stream>/<method>/seed<k>`): finished cells are
+run the same stream. Every cell is a `clight bench` cell (`<out>/<stream>/<method>/seed<k>`): finished cells are
 skipped, so an interrupted regeneration continues where it stopped. All numbers on the page are read from the
 cells' results.json files; text outside the markers is kept as it is.
 
-    python tools/results.py                               # both streams, seed 0 (hours on 2 CPU cores)
-    python tools/results.py --seeds 0 1 2                 # mean ± std over three seeds
-    python tools/results.py --streams wordnet --configs configs/naive.yaml configs/joint.yaml configs/replay.yaml
-    python tools/results.py --no-run                      # re-render from the finished cells only
-    python tools/results.py -- --trainer.max_epochs 1     # arguments after `--` go to every run
+    python tools/docs/results.py                               # both streams, seed 0 (hours on 2 CPU cores)
+    python tools/docs/results.py --seeds 0 1 2                 # mean ± std over three seeds
+    python tools/docs/results.py --streams wordnet --configs configs/naive.yaml configs/joint.yaml configs/replay.yaml
+    python tools/docs/results.py --no-run                      # re-render from the finished cells only
+    python tools/docs/results.py -- --trainer.max_epochs 1     # arguments after `--` go to every run
 """
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling tools bench.py and report.py
+from clight.commands import bench
+from clight.reporting.html import render_html, render_markdown
+from clight.reporting.page import build
 
-import bench  # noqa: E402
-import report  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
@@ -182,7 +181,7 @@ def stream_section(stream: Stream, configs: Sequence[Path], seeds: Sequence[int]
                    extra: Sequence[str], failed: Sequence[str]) -> str:
     """The Markdown of one stream, built from the finished cells in `bench_dir`; writes its figures beside `doc`
     (`results/<stream>/`) and the full HTML report (`results/<stream>.html`)."""
-    bench_cmd = shlex.join(["python", "tools/bench.py", *(_rel(c) for c in configs), "--seeds", *map(str, seeds),
+    bench_cmd = shlex.join(["clight", "bench", *(_rel(c) for c in configs), "--seeds", *map(str, seeds),
                             "--out", _rel(bench_dir), *(["--naive", stream.naive] if stream.naive != "naive" else []),
                             *(["--joint", stream.joint] if stream.joint != "joint" else []),
                             *(["--", *extra] if extra else [])])
@@ -198,7 +197,7 @@ def stream_section(stream: Stream, configs: Sequence[Path], seeds: Sequence[int]
     if not methods:
         lines += ["Not run yet. Run its cells with", "", "```bash", bench_cmd, "```", ""]
         return "\n".join(lines)
-    rep = report.build(methods, title=stream.title, naive=stream.naive if stream.naive in methods else None,
+    rep = build(methods, title=stream.title, naive=stream.naive if stream.naive in methods else None,
                        joint=stream.joint if stream.joint in methods else None, command=bench_cmd)
     settings = _settings(next(iter(rep.methods.values()))[0].get("config_text"))
     fig_dir = doc.parent / "results" / stream.key
@@ -206,8 +205,8 @@ def stream_section(stream: Stream, configs: Sequence[Path], seeds: Sequence[int]
     for old in fig_dir.glob("*.png"):
         old.unlink()
     html_path = doc.parent / "results" / f"{stream.key}.html"
-    html_path.write_text(report.render_html(rep), encoding="utf-8")
-    body = report.render_markdown(rep, doc, fig_dir, level=2, metrics=[rep.primary], configs=False,
+    html_path.write_text(render_html(rep), encoding="utf-8")
+    body = render_markdown(rep, doc, fig_dir, level=2, metrics=[rep.primary], configs=False,
                                   stamp=False)
     body_lines = body.splitlines()[1:]  # our own heading instead of the report's title
     if settings:
@@ -216,7 +215,7 @@ def stream_section(stream: Stream, configs: Sequence[Path], seeds: Sequence[int]
                   ""]
     link = Path(_posix_rel(html_path, doc.parent))
     lines.append(f"Full report with every metric's matrices and curves and the resolved configs: [{link}]({link}) "
-                 f"(`python tools/report.py {_rel(bench_dir)} --out report.html` renders it from the cells).")
+                 f"(`clight report {_rel(bench_dir)} --out report.html` renders it from the cells).")
     if missing:
         lines += ["", "Not in the table (no finished cell): " + ", ".join(f"`{m}`" for m in missing)
                   + (f" — failed: {', '.join(failed)}; see the logs beside the run directories" if failed else "")
@@ -230,7 +229,7 @@ def _posix_rel(path: Path, start: Path) -> str:
 
 
 def _generator_machine() -> str:
-    from clight.runner import environment
+    from clight.results import environment
 
     env = environment()
     return (f"{env['cpu_count']} CPU cores" + (f" ({env['cpu_model']})" if env.get("cpu_model") else "")
@@ -279,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _, failed = bench.run_bench(configs, args.seeds, bench_dir, extra, naive=stream.naive, joint=stream.joint)
             failures += [f"{key}/{f}" for f in failed]
         sections.append(stream_section(stream, configs, args.seeds, bench_dir, args.doc, extra, failed))
-    command = ["python", "tools/results.py"]
+    command = ["python", "tools/docs/results.py"]
     if args.streams != list(STREAMS):
         command += ["--streams", *args.streams]
     for flag, value in (("--configs", args.configs), ("--pretraining-configs", args.pretraining_configs)):
@@ -295,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command += ["--", *extra]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = [
-        f"<!-- Generated by tools/results.py on {now}. Edit text outside the results markers only; this block is "
+        f"<!-- Generated by tools/docs/results.py on {now}. Edit text outside the results markers only; this block is "
         "rewritten. -->",
         "",
         "Regenerate this block (tables, figures, the HTML reports under `results/`) with one command; finished "
