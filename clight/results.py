@@ -4,6 +4,7 @@ heatmaps, the stream summaries logged after every task, and the text table print
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import platform
 import resource
@@ -14,7 +15,7 @@ import lightning
 import torch
 import transformers
 
-from clight.functional import summarize
+from clight.functional import retention, summarize
 from clight.metrics import ResultMatrix
 from clight.reporting import (
     figure_to_chw_uint8,
@@ -39,16 +40,43 @@ def seen_summary(matrix: ResultMatrix) -> dict[str, float | None]:
 
 
 def stage_metrics(state: StreamState, values: dict[str, dict[str, float]]) -> dict[str, float]:
-    """TensorBoard scalars after a stage: ``eval/<task>/<metric>`` and ``stream/<metric>/<summary>``."""
+    """TensorBoard scalars after a stage: ``eval/<task or probe>/<metric>``, ``stream/<metric>/<summary>`` over
+    the tasks trained so far, and ``stream/retention/<probe>/<metric>``."""
     metrics: dict[str, float] = {}
-    for task, vals in values.items():
-        for metric in state.matrices:
-            metrics[f"eval/{task}/{metric}"] = vals[metric]
-    for metric, matrix in state.matrices.items():
-        for key, value in seen_summary(matrix).items():
-            if value is not None:
-                metrics[f"stream/{metric}/{key}"] = value
+    for group in (state.matrices, state.probes):
+        for metric, matrix in group.items():
+            for task in matrix.task_names:
+                if math.isfinite(values[task][metric]):
+                    metrics[f"eval/{task}/{metric}"] = values[task][metric]
+    if state.matrices[state.metric_names[0]].stages:  # not before training
+        for metric, matrix in state.matrices.items():
+            for key, value in seen_summary(matrix).items():
+                if value is not None:
+                    metrics[f"stream/{metric}/{key}"] = value
+    for probe, by_metric in probe_retention(state).items():
+        for metric, entry in by_metric.items():
+            if entry["retention"] is not None:
+                metrics[f"stream/retention/{probe}/{metric}"] = entry["retention"]
     return metrics
+
+
+def probe_retention(state: StreamState) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Every probe's initial and latest value of each of its metrics, and the retention (latest against initial,
+    :func:`clight.functional.retention`)."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for metric, matrix in state.probes.items():
+        if matrix.initial is None:
+            continue
+        rows = matrix.to_dict()["matrix"]
+        for j, probe in enumerate(matrix.task_names):
+            initial = matrix.initial[j]
+            final = rows[-1][j] if rows else initial
+            if initial is None or not math.isfinite(initial):
+                continue
+            out.setdefault(probe, {})[metric] = {
+                "initial": initial, "final": final,
+                "retention": retention(initial, final, matrix.higher_is_better)}
+    return out
 
 
 def build_results(state: StreamState, *, tasks: list[str], stages: list[str], seconds: float) -> dict[str, Any]:
@@ -62,6 +90,9 @@ def build_results(state: StreamState, *, tasks: list[str], stages: list[str], se
         "primary_metric": state.metric_names[0],
         "matrices": {m: mat.to_dict() for m, mat in state.matrices.items()},
         "summary": {m: mat.summary() for m, mat in state.matrices.items()},
+        "probes": {"tasks": next(iter(state.probes.values())).task_names if state.probes else [],
+                   "matrices": {m: mat.to_dict() for m, mat in state.probes.items()},
+                   "retention": probe_retention(state)},
         "timing": {
             "stages": timing,
             "train_seconds": sum(t["train_seconds"] for t in timing),
@@ -114,3 +145,12 @@ def cpu_model() -> str | None:
     except OSError:
         found = None
     return found or platform.processor() or None
+
+
+def samples_markdown(stage: str, rows: list[dict[str, str]]) -> str:
+    """Generated answers as a Markdown table (prompt, reference, generated)."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+    lines = [f"after **{stage}**", "", "| prompt | reference | generated |", "|---|---|---|"]
+    lines += [f"| {cell(r['prompt'])} | {cell(r['reference'])} | {cell(r['generated'])} |" for r in rows]
+    return "\n".join(lines)

@@ -28,8 +28,9 @@ from clight.checkpoint import (
 from clight.datamodules.base import ContinualDataModule
 from clight.errors import ClightConfigError
 from clight.progress import TaskProgressBar
-from clight.results import build_results, stage_metrics, write_results
+from clight.results import build_results, samples_markdown, stage_metrics, write_results
 from clight.state import StreamState
+from clight.stream import prepare_stream, probe_metrics, stream_metrics
 from clight.tb import StreamTensorBoardLogger
 from clight.timing import StepTimer
 
@@ -117,6 +118,8 @@ class StreamRunner:
             trainer = self._trainer(label="initial", extra=[])
             values, _ = self._evaluate(trainer, module, datamodule)
             state.set_initial(values)
+            self.logger.log_metrics(stage_metrics(state, values), step=0)
+            self._log_samples(module, datamodule, "initial", 0)
             self._save_state(trainer, module, datamodule, state)
         n = len(datamodule.stage_names)
         for i in range(state.completed, n):
@@ -140,7 +143,8 @@ class StreamRunner:
 
     def _initial_state(self, module: pl.LightningModule, datamodule: ContinualDataModule) -> StreamState:
         path = self.run_dir / STREAM_CHECKPOINT
-        state = StreamState.fresh(datamodule.task_names, stream_metrics(module, datamodule))
+        state = StreamState.fresh(datamodule.task_names, stream_metrics(module, datamodule), datamodule.probe_names,
+                                  probe_metrics(module, datamodule))
         if not self.options.resume:
             if path.exists() and not self.options.overwrite:
                 raise ClightConfigError(
@@ -214,6 +218,7 @@ class StreamRunner:
         values, eval_seconds = self._evaluate(trainer, module, datamodule)
         state.add_row(name, values)
         self.logger.log_metrics(stage_metrics(state, values), step=steps)
+        self._log_samples(module, datamodule, name, state.step_offset + steps)
         state.step_offset += steps
         state.timing.append({
             "stage": name, "train_seconds": train_seconds, "eval_seconds": eval_seconds, "optimizer_steps": steps,
@@ -228,8 +233,16 @@ class StreamRunner:
                   ) -> tuple[dict[str, dict[str, float]], float]:
         t0 = time.perf_counter()
         trainer.validate(module, dataloaders=datamodule.eval_dataloaders(), verbose=False)
-        values = {datamodule.task_names[i]: r for i, r in module.eval_results.items()}
+        names = datamodule.eval_names
+        values = {names[i]: r for i, r in module.eval_results.items()}
         return values, time.perf_counter() - t0
+
+    def _log_samples(self, module: pl.LightningModule, datamodule: ContinualDataModule, stage: str, step: int) -> None:
+        """Generated answers of the evaluation just run, one TensorBoard text per task (``samples/<task>``)."""
+        samples = getattr(getattr(module, "head", None), "samples", None) or {}
+        names = datamodule.eval_names
+        for index, rows in sorted(samples.items()):
+            self.logger.add_text(f"samples/{names[index]}", samples_markdown(stage, rows), step)
 
     def _save_state(self, trainer: pl.Trainer, module: pl.LightningModule, datamodule: ContinualDataModule,
                     state: StreamState) -> None:
@@ -251,32 +264,3 @@ class StreamRunner:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(self.config_text)
         self.logger.add_text("config", "```yaml\n" + self.config_text + "\n```")
-
-
-def stream_metrics(module: pl.LightningModule, datamodule: ContinualDataModule) -> dict[str, bool]:
-    """The metrics of the result matrices (whether higher is better for each): the module's evaluation metrics,
-    the datamodule's headline metric first."""
-    metrics = dict(module.higher_is_better)
-    primary = datamodule.primary_metric
-    if primary is not None:
-        if primary not in metrics:
-            raise ClightConfigError(
-                f"the stream's headline metric {primary!r} is not one the model reports ({sorted(metrics)}); use a "
-                "stream and model `task` that fit together."
-            )
-        metrics = {primary: metrics[primary], **metrics}
-    return metrics
-
-
-def prepare_stream(module: pl.LightningModule, datamodule: ContinualDataModule) -> None:
-    """Read and tokenize the stream and size the module for it (what the runner does before the first task)."""
-    if datamodule.tokenizer_path is None and getattr(module, "model_path", None) is not None:
-        datamodule.tokenizer_path = str(module.model_path)
-    datamodule.prepare_stream()
-    if hasattr(module, "configure_stream"):
-        tokenizer = datamodule.tokenizer
-        module.configure_stream(
-            num_classes=getattr(datamodule, "num_classes", None),
-            task_classes=getattr(datamodule, "task_classes", None),
-            vocab_size=len(tokenizer) if tokenizer is not None else None,
-        )

@@ -11,7 +11,7 @@ from clight.callback import ContinualCallback
 from clight.checkpoint import STREAM_CHECKPOINT, load_module_state, read_stream_checkpoint, restore_callbacks
 from clight.errors import ClightConfigError
 from clight.module import ContinualModule
-from clight.runner import prepare_stream
+from clight.stream import prepare_stream
 
 
 def build_from_config(config: str | Path) -> tuple[ContinualModule, Any, list[ContinualCallback]]:

@@ -15,6 +15,7 @@ class StreamState:
 
     Args:
         matrices: one :class:`~clight.metrics.ResultMatrix` per evaluation metric, the headline metric first.
+        probes: one matrix per metric of the probes (eval-only tasks; NaN where a probe's kind has no such metric).
         completed: training stages finished.
         initial_done: the evaluation before training (the ``initial`` row) is done.
         step_offset: optimizer steps of the finished stages (TensorBoard's step axis continues from here).
@@ -22,29 +23,37 @@ class StreamState:
     """
 
     matrices: dict[str, ResultMatrix]
+    probes: dict[str, ResultMatrix] = field(default_factory=dict)
     completed: int = 0
     initial_done: bool = False
     step_offset: int = 0
     timing: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def fresh(cls, task_names: Sequence[str], higher_is_better: Mapping[str, bool]) -> StreamState:
-        """An empty state with one matrix per metric of ``higher_is_better`` (in its order)."""
-        return cls({m: ResultMatrix(task_names, metric=m, higher_is_better=hib) for m, hib in higher_is_better.items()})
+    def fresh(cls, task_names: Sequence[str], higher_is_better: Mapping[str, bool], probe_names: Sequence[str] = (),
+              probe_higher_is_better: Mapping[str, bool] | None = None) -> StreamState:
+        """An empty state with one matrix per metric of ``higher_is_better`` (in its order), and one per metric of
+        ``probe_higher_is_better`` over the probes."""
+        probes = {m: ResultMatrix(probe_names, metric=m, higher_is_better=hib)
+                  for m, hib in (probe_higher_is_better or {}).items()} if probe_names else {}
+        return cls({m: ResultMatrix(task_names, metric=m, higher_is_better=hib) for m, hib in higher_is_better.items()},
+                   probes)
 
     @property
     def metric_names(self) -> list[str]:
         return list(self.matrices)
 
     def add_row(self, stage: str, values: Mapping[str, Mapping[str, float]]) -> None:
-        """Record the evaluation after ``stage``: ``values[task][metric]``."""
-        for metric, matrix in self.matrices.items():
-            matrix.add_row(stage, {t: v[metric] for t, v in values.items()})
+        """Record the evaluation after ``stage``: ``values[task or probe][metric]``."""
+        for group in (self.matrices, self.probes):
+            for metric, matrix in group.items():
+                matrix.add_row(stage, {t: values[t][metric] for t in matrix.task_names})
 
     def set_initial(self, values: Mapping[str, Mapping[str, float]]) -> None:
         """Record the evaluation before training."""
-        for metric, matrix in self.matrices.items():
-            matrix.set_initial({t: v[metric] for t, v in values.items()})
+        for group in (self.matrices, self.probes):
+            for metric, matrix in group.items():
+                matrix.set_initial({t: values[t][metric] for t in matrix.task_names})
         self.initial_done = True
 
     def state_dict(self) -> dict[str, Any]:
@@ -52,10 +61,12 @@ class StreamState:
         return {
             "completed": self.completed, "initial_done": self.initial_done, "step_offset": self.step_offset,
             "timing": list(self.timing), "matrices": {m: mat.state_dict() for m, mat in self.matrices.items()},
+            "probes": {m: mat.state_dict() for m, mat in self.probes.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        for name, matrix in self.matrices.items():
-            matrix.load_state_dict(state["matrices"][name])
+        for key, group in (("matrices", self.matrices), ("probes", self.probes)):
+            for name, matrix in group.items():
+                matrix.load_state_dict(state[key][name])
         self.completed, self.initial_done = int(state["completed"]), bool(state["initial_done"])
         self.step_offset, self.timing = int(state["step_offset"]), list(state["timing"])

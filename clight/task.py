@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -34,3 +35,28 @@ class TaskInfo:
     index: int
     name: str
     num_tasks: int | None = None
+
+
+ProbeKind = Literal["multiple_choice", "generation", "perplexity"]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """An eval-only task that measures a general ability: evaluated before training and after every task, never
+    trained on; ``results.json`` reports its retention (final against initial).
+
+    Args:
+        name: unique name, used in logs and ``results.json``.
+        file: local data file (JSONL, CSV or Parquet). Rows whose task column holds ``name`` are the probe's; a
+            file without that column is the probe's in full.
+        kind: ``multiple_choice`` (``prompt``, ``choices``, ``answer`` index: the choice with the highest
+            log-likelihood as a continuation of the prompt), ``generation`` (``prompt``, ``response``: greedy
+            answers, exact match and ROUGE-L) or ``perplexity`` (``text``). Empty: from the file's columns.
+        max_examples: evaluate at most this many of its rows (a fixed sample); empty: the stream's
+            ``eval_max_examples``.
+    """
+
+    name: str
+    file: str
+    kind: ProbeKind | None = None
+    max_examples: int | None = None

@@ -9,11 +9,12 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from clight.datamodules.io import column, read_rows, stream_fingerprint
+from clight.datamodules.io import read_task_rows, stream_fingerprint
+from clight.datamodules.probes import resolve_probes
 from clight.datamodules.sampling import PaddedView, ResumableBatchSampler, fixed_sample
 from clight.datamodules.tokenizers import load_tokenizer
 from clight.errors import ClightConfigError
-from clight.task import Task, TaskInfo
+from clight.task import Probe, Task, TaskInfo
 
 Example = dict[str, Any]
 
@@ -38,13 +39,16 @@ class ContinualDataModule(pl.LightningDataModule):
         eval_batch_size: evaluation batch size (default ``batch_size``).
         max_length: truncation length in tokens.
         joint: train once on the union of all tasks (the multitask upper bound) instead of one task at a time.
-        eval_max_examples: evaluate on at most this many examples of each task (a fixed sample), which bounds
-            the O(tasks²) cost of evaluating every task after every task.
+        eval_max_examples: evaluate at most this many examples of each task and probe (a fixed sample).
         seed: seed of the data order (combined with the task index and epoch).
         num_workers: DataLoader workers.
         drop_last: drop each epoch's last, smaller training batch (keeps every step's shape fixed, which
             ``torch.compile`` and throughput measurements want).
+        probes: eval-only tasks (:class:`~clight.task.Probe`), evaluated before training and after every task,
+            never trained; ``results.json`` reports their retention. Streams say which kinds they support.
     """
+
+    eval_kind = "classification"  # how the model evaluates this stream's tasks (see clight.heads.METRICS_BY_KIND)
 
     def __init__(
         self,
@@ -62,6 +66,7 @@ class ContinualDataModule(pl.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         drop_last: bool = False,
+        probes: list[Probe] | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("max_length", max_length)):
@@ -84,6 +89,9 @@ class ContinualDataModule(pl.LightningDataModule):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ClightConfigError(f"`tasks`: duplicate task names {dupes}; every task needs a unique name.")
+        self.probe_specs = [p if isinstance(p, Probe) else Probe(**p) for p in (probes or [])]
+        self.probes: list[Probe] = []
+        self.probe_examples: list[list[Example]] = []
         self.task_column = task_column
         self.tokenizer_path = tokenizer
         self.tokenizer: Any = None
@@ -112,6 +120,15 @@ class ContinualDataModule(pl.LightningDataModule):
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
         """Pad a list of examples into a batch."""
 
+    def encode_probe(self, rows: list[dict[str, Any]], index: int, probe: Probe) -> list[Example]:
+        """Turn a probe's rows into evaluation examples (``index``: its evaluation loader). Default: no probes."""
+        raise ClightConfigError(f"`probes`: {type(self).__name__} evaluates no probes (probe {probe.name!r}); "
+                                "use `clight.datamodules.InstructionStream`, or remove `probes`.")
+
+    def collate_eval(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        """Batch evaluation examples; default :meth:`collate`."""
+        return self.collate(examples)
+
     def resolve_labels(self, tasks: list[Task], rows: list[list[dict[str, Any]]]) -> list[Task]:
         """Hook for classification streams: fill in and check label sets. Default: unchanged."""
         return tasks
@@ -137,6 +154,20 @@ class ContinualDataModule(pl.LightningDataModule):
         return [t.name for t in self.tasks]
 
     @property
+    def probe_names(self) -> list[str]:
+        return [p.name for p in self.probes]
+
+    @property
+    def eval_names(self) -> list[str]:
+        """What :meth:`eval_dataloaders` evaluates, in order: the tasks, then the probes."""
+        return self.task_names + self.probe_names
+
+    @property
+    def eval_kinds(self) -> list[str]:
+        """How each of :attr:`eval_names` is evaluated (``clight.heads.METRICS_BY_KIND``)."""
+        return [self.eval_kind] * len(self.tasks) + [str(p.kind) for p in self.probes]
+
+    @property
     def stage_names(self) -> list[str]:
         """What is trained, in order: the task names, or ``["joint"]``."""
         return ["joint"] if self.joint else self.task_names
@@ -156,7 +187,6 @@ class ContinualDataModule(pl.LightningDataModule):
         self.stage_index = index
 
     set_task = set_stage
-
     def prepare_stream(self) -> None:
         """Read every task's files, check them, tokenize. Idempotent."""
         if self._prepared:
@@ -173,6 +203,11 @@ class ContinualDataModule(pl.LightningDataModule):
             fixed_sample(self.encode(r, i, path=self._path(t, "test"), split="test"), self.eval_max_examples, self.seed)
             for i, (t, r) in enumerate(zip(tasks, test_rows))
         ]
+        for j, (probe, rows) in enumerate(resolve_probes(self.probe_specs, task_column=self.task_column,
+                                                         task_names=self.task_names)):
+            self.probes.append(probe)
+            self.probe_examples.append(fixed_sample(self.encode_probe(rows, len(tasks) + j, probe),
+                                                    probe.max_examples or self.eval_max_examples, self.seed))
         for t, train, test in zip(tasks, self.train_examples, self.test_examples):
             if not train or not test:
                 split = "training" if not train else "test"
@@ -181,49 +216,20 @@ class ContinualDataModule(pl.LightningDataModule):
                     "every task needs both, so that it can be trained and evaluated."
                 )
         self._prepared = True
+        self.fingerprint()  # now, before a callback rewrites a task's examples (self-rehearsal's own answers)
 
     def fingerprint(self) -> dict[str, Any]:
         """Identifies the stream, so a resume with a different stream is refused."""
-        if self._fingerprint is not None:
-            return self._fingerprint
-        self._fingerprint = stream_fingerprint(self.tasks, self.train_examples, self.test_examples, joint=self.joint)
+        if self._fingerprint is None:
+            self._fingerprint = stream_fingerprint(self.tasks, self.train_examples, self.test_examples,
+                                                   joint=self.joint, probes=list(zip(self.probe_names, self.probe_examples)))
         return self._fingerprint
 
     def _path(self, task: Task, split: str) -> str:
         return str(getattr(task, split) or (self.train_file if split == "train" else self.test_file))
 
     def _read_tasks(self) -> tuple[list[Task], list[list[dict]], list[list[dict]]]:
-        if self.train_file is None:
-            tasks = self.task_specs
-            for t in tasks:
-                if not t.train or not t.test:
-                    raise ClightConfigError(
-                        f"task {t.name!r}: needs both `train` and `test` files when `train_file`/`test_file` "
-                        "are not given."
-                    )
-            train = [read_rows(t.train, argument=f"tasks[{t.name}].train") for t in tasks]
-            test = [read_rows(t.test, argument=f"tasks[{t.name}].test") for t in tasks]
-            return tasks, train, test
-        train_by = self._group(read_rows(self.train_file, argument="data.train_file"), self.train_file)
-        test_by = self._group(read_rows(self.test_file, argument="data.test_file"), self.test_file)
-        tasks = self.task_specs or [Task(name=n) for n in train_by]
-        for t in tasks:
-            if t.name not in train_by:
-                raise ClightConfigError(
-                    f"task {t.name!r} has no rows in `train_file` {self.train_file!r} (tasks found in column "
-                    f"{self.task_column!r}: {list(train_by)}). Fix `tasks` or the file."
-                )
-        return tasks, [train_by[t.name] for t in tasks], [test_by.get(t.name, []) for t in tasks]
-
-    def _group(self, rows: list[dict], path: str) -> dict[str, list[dict]]:
-        names = column(rows, self.task_column, path=path, argument="data.task_column")
-        grouped: dict[str, list[dict]] = {}
-        for name, row in zip(names, rows):
-            grouped.setdefault(str(name), []).append(row)
-        if not grouped:
-            raise ClightConfigError(f"{path!r} holds no rows; every task needs training examples.")
-        return grouped
-
+        return read_task_rows(self.task_specs, self.train_file, self.test_file, self.task_column)
     # ---- loaders -------------------------------------------------------------------------------------------
     def _dist(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -266,14 +272,14 @@ class ContinualDataModule(pl.LightningDataModule):
         return max(0, min(batches_per_epoch, done_steps * accumulate))
 
     def eval_dataloaders(self) -> list[DataLoader]:
-        """One loader per task of the stream (seen and unseen), sharded across ranks.
+        """One loader per task of the stream (seen and unseen), then one per probe, sharded across ranks.
 
         Shards are padded to equal length with repeated examples marked invalid (batch key ``valid``), so every
         example counts exactly once in the rank-reduced metrics."""
         self.prepare_stream()
         rank, world = self._dist()
         loaders = []
-        for i, examples in enumerate(self.test_examples):
+        for i, examples in enumerate(self.test_examples + self.probe_examples):
             sampler = ResumableBatchSampler(
                 len(examples), self.eval_batch_size, shuffle=False, rank=rank, world_size=world, mark_padding=True,
                 task_index=i,
@@ -282,7 +288,7 @@ class ContinualDataModule(pl.LightningDataModule):
         return loaders
 
     def _collate_eval(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        batch = self.collate(examples)
+        batch = self.collate_eval(examples)
         batch["valid"] = torch.tensor([not ex.get("_padding", False) for ex in examples])
         return batch
 

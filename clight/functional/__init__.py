@@ -9,6 +9,7 @@ from clight.functional.metrics import (
     backward_transfer,
     forward_transfer,
     learning_accuracy,
+    retention,
     summarize,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "backward_transfer",
     "forward_transfer",
     "learning_accuracy",
+    "retention",
     "summarize",
 ]

@@ -48,6 +48,7 @@ SUMMARY_KEYS: tuple[str, ...] = ("average", "bwt", "fwt", "forgetting", "learnin
 
 __all__ = [
     "SUMMARY_KEYS",
+    "retention",
     "average_accuracy",
     "average_forgetting",
     "backward_transfer",
@@ -266,3 +267,13 @@ def summarize(
         "forgetting": average_forgetting(mat, higher_is_better),
         "learning": learning_accuracy(mat, higher_is_better),
     }
+
+
+def retention(initial: float | None, final: float | None, higher_is_better: bool = True) -> float | None:
+    """The share of a probe's initial score that the final model keeps: ``final / initial`` (``initial / final``
+    for a lower-is-better metric such as perplexity), so 1 is kept, below 1 lost, above 1 gained. ``None`` when
+    either value is missing or not finite, or the denominator is not positive."""
+    if initial is None or final is None or not (math.isfinite(initial) and math.isfinite(final)):
+        return None
+    num, den = (final, initial) if higher_is_better else (initial, final)
+    return num / den if den > 0 else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from case import Case
 
-from clight.callbacks import AGEM, DarkExperienceReplay, Replay
+from clight.callbacks import AGEM, DarkExperienceReplay, Replay, SelectiveSelfRehearsal
 
 REHEARSAL_CASES: list[Case] = [
     Case("replay_per_batch", Replay, {"memory_size": 16, "replay_batch_size": 4},
@@ -24,4 +24,8 @@ REHEARSAL_CASES: list[Case] = [
     Case("agem", AGEM, {"memory_size": 16, "replay_batch_size": 4, "policy": "task_balanced"},
          bad_kwargs=[({"memory_size": 0}, "memory_size"), ({"replay_batch_size": -1}, "replay_batch_size"),
                      ({"policy": "balanced"}, "policy")]),
+    Case("self_rehearsal", SelectiveSelfRehearsal, {"judge": "rouge_l", "threshold": 0.2, "synthetic_per_task": 2},
+         bad_kwargs=[({"judge": "bleu"}, "judge"), ({"threshold": 1.5}, "threshold"),
+                     ({"synthetic_per_task": -1}, "synthetic_per_task"), ({"seed": -2}, "seed")], kind="instruction"),
+    Case("self_rehearsal_llm_judge", SelectiveSelfRehearsal, {"judge": "llm", "threshold": 0.5}, kind="instruction"),
 ]
