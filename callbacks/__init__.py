@@ -8,12 +8,12 @@ from clight.callbacks.distillation import Distillation, FeatureDistillation
 from clight.callbacks.lora import ChainOfLoRA, LoRAPerTask, OrthogonalLoRA
 from clight.callbacks.masking import FreezeParameters, GradientMask, HalfFineTuning
 from clight.callbacks.regularization import EWC, MAS, SI, L2Anchor
-from clight.callbacks.rehearsal import AGEM, DarkExperienceReplay, Replay
+from clight.callbacks.rehearsal import AGEM, DarkExperienceReplay, Replay, SelectiveSelfRehearsal
 from clight.callbacks.weight_space import EMAWeights, TaskVectorMerge, WeightInterpolation
 
 __all__ = [
     # rehearsal
-    "AGEM", "DarkExperienceReplay", "Replay",
+    "AGEM", "DarkExperienceReplay", "Replay", "SelectiveSelfRehearsal",
     # regularization
     "EWC", "L2Anchor", "MAS", "SI",
     # distillation
