@@ -58,6 +58,12 @@ class ContinualCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_class_arguments(StreamOptions, "stream")
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        # LightningCLI's own Trainer (never fitted by clight) appends its defaults - ModelCheckpoint, progress bar,
+        # model summary - to the callback list it is given; hand it a copy, so that the user's list, which every
+        # task's Trainer gets, stays the user's.
+        return super()._instantiate_trainer({**config, "callbacks": list(config.get("callbacks") or [])}, callbacks)
+
     def stream_trainer_kwargs(self) -> dict[str, Any]:
         """The ``trainer`` section as keyword arguments for the stream's fresh Trainers."""
         kwargs = dict(self._get(self.config_init, "trainer", default={}))

@@ -105,3 +105,16 @@ def test_two_process_cpu_fsdp2_run_of_the_cli_with_a_callback(tmp_path: Path) ->
                   "--trainer.strategy.class_path", "lightning.pytorch.strategies.ModelParallelStrategy",
                   "--trainer.devices", "2")
     assert bad.returncode == 2 and "tensor_parallel_size: 1" in bad.stderr
+
+
+def test_every_task_gets_the_users_callbacks_and_short_names_resolve() -> None:
+    from clight.cli import ContinualCLI
+
+    class Probe(ContinualCLI):
+        def fit(self, model, datamodule=None, **_):
+            self.seen = [type(c).__name__ for c in self.stream_trainer_kwargs()["callbacks"]]
+
+    cli = Probe(args=["fit", "-c", str(ROOT / "configs" / "replay.yaml"), "--trainer.callbacks+=EWC"])
+    # LightningCLI's own Trainer appends ModelCheckpoint, a progress bar and a model summary to the list it gets;
+    # none of them may reach the stream's Trainers (they would save a stray checkpoint and hide the task's bar)
+    assert cli.seen == ["Replay", "EWC"]
