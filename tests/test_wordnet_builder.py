@@ -76,3 +76,17 @@ def test_stream_shape(built_dir: Path) -> None:
     train_texts = {row["text"] for row in splits["train"]}
     test_texts = {row["text"] for row in splits["test"]}
     assert not train_texts & test_texts
+
+
+def test_the_tuning_stream_is_rebuilt_and_shares_no_category_or_text_with_the_main_stream(tmp_path: Path) -> None:
+    out = tmp_path / "tune"
+    load_builder().main(["--wordnet-dir", str(WORDNET_DIR), "--out", str(out), "--stream", "tune",
+                         "--train-per-class", "80", "--test-per-class", "40"])
+    committed = REPO_ROOT / "clight" / "data" / "wordnet_tune"
+    for name in (*COMPARED_FILES, "README.md", "LICENSE"):
+        assert (out / name).read_bytes() == (committed / name).read_bytes(), name
+    main = {label for task in json.loads((COMMITTED_DIR / "tasks.json").read_text()) for label in task["labels"]}
+    tune = {label for task in json.loads((committed / "tasks.json").read_text()) for label in task["labels"]}
+    assert len(tune) == 12 and not main & tune
+    main_texts = {row["text"] for split in ("train", "test") for row in read_jsonl(COMMITTED_DIR / f"{split}.jsonl")}
+    assert not main_texts & {row["text"] for row in read_jsonl(committed / "train.jsonl")}

@@ -57,6 +57,15 @@ TASKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("wordnet-verbs-mental", ("verb.cognition", "verb.communication", "verb.emotion", "verb.perception")),
 )
 
+# The tuning stream of the hyperparameter protocol (`clight tune`): categories the stream above does not use, so that
+# settings chosen on it are then evaluated on data the tuning never saw.
+TUNE_TASKS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("tune-abstract", ("noun.act", "noun.attribute", "noun.state", "noun.event")),
+    ("tune-mind", ("noun.cognition", "noun.feeling", "noun.time", "noun.quantity")),
+    ("tune-verbs", ("verb.change", "verb.creation", "verb.social", "verb.possession")),
+)
+STREAMS = {"main": TASKS, "tune": TUNE_TASKS}
+
 OUTPUT_SPLITS = ("train", "test")
 
 
@@ -81,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="directory holding WordNet 3.0 data.noun/data.verb (default: %(default)s)",
     )
     parser.add_argument("--out", type=Path, required=True, help="output directory, e.g. clight/data/wordnet")
+    parser.add_argument("--stream", choices=sorted(STREAMS), default="main",
+                        help="main: the quickstart stream; tune: the tuning stream of other categories")
     parser.add_argument("--train-per-class", type=int, default=120)
     parser.add_argument("--test-per-class", type=int, default=40)
     parser.add_argument(
@@ -171,10 +182,10 @@ def split_class(texts: list[str], n_train: int, n_test: int, seed: int) -> tuple
     return ordered[:n_train], ordered[n_train : n_train + n_test]
 
 
-def check_counts(candidates: dict[str, list[str]], needed: int) -> None:
+def check_counts(candidates: dict[str, list[str]], needed: int, tasks=TASKS) -> None:
     """Print per-class candidate counts; exit if any class has too few."""
     short = []
-    for task, labels in TASKS:
+    for task, labels in tasks:
         for label in labels:
             count = len(candidates.get(label, []))
             print(f"{task:24s} {label:20s} {count:6d} candidates")
@@ -185,11 +196,11 @@ def check_counts(candidates: dict[str, list[str]], needed: int) -> None:
 
 
 def build_rows(
-    candidates: dict[str, list[str]], n_train: int, n_test: int, seed: int
+    candidates: dict[str, list[str]], n_train: int, n_test: int, seed: int, tasks=TASKS
 ) -> dict[str, list[dict[str, str]]]:
     """Rows of each split, grouped by task (stream order), then label, then hash order."""
     rows: dict[str, list[dict[str, str]]] = {split: [] for split in OUTPUT_SPLITS}
-    for task, labels in TASKS:
+    for task, labels in tasks:
         for label in labels:
             train, test = split_class(candidates[label], n_train, n_test, seed)
             for split, texts in zip(OUTPUT_SPLITS, (train, test), strict=True):
@@ -203,9 +214,9 @@ def write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def write_tasks(path: Path) -> None:
-    tasks = [{"name": task, "labels": list(labels)} for task, labels in TASKS]
-    path.write_text(json.dumps(tasks, indent=2) + "\n", encoding="utf-8")
+def write_tasks(path: Path, tasks=TASKS) -> None:
+    listed = [{"name": task, "labels": list(labels)} for task, labels in tasks]
+    path.write_text(json.dumps(listed, indent=2) + "\n", encoding="utf-8")
 
 
 def licence_from_debian_copyright(path: Path) -> str:
@@ -248,14 +259,21 @@ def write_licence(path: Path, wordnet_dir: Path) -> None:
     path.write_text(header + licence_text(wordnet_dir), encoding="utf-8")
 
 
-def write_readme(path: Path, candidates: dict[str, list[str]], n_train: int, n_test: int, seed: int) -> None:
+def write_readme(path: Path, candidates: dict[str, list[str]], n_train: int, n_test: int, seed: int,
+                 tasks=TASKS, out: str = "clight/data/wordnet") -> None:
+    TASKS = tasks  # noqa: N806 - the text below describes the stream being built
     n_classes = sum(len(labels) for _, labels in TASKS)
     table = "\n".join(
         f"| {i} | `{task}` | {', '.join(f'`{label}`' for label in labels)} |"
         for i, (task, labels) in enumerate(TASKS)
     )
     counts = "\n".join(f"| `{label}` | {len(candidates[label])} |" for _, labels in TASKS for label in labels)
-    text = f"""# WordNet continual-learning stream
+    title = "WordNet continual-learning stream" if tasks is STREAMS["main"] else (
+        "WordNet tuning stream\n\nThe stream `clight tune`'s protocol tunes on: lexicographer categories that the quickstart\n"
+        "stream (`clight/data/wordnet`) does not use, so that settings chosen here are evaluated on data the\n"
+        "tuning never saw.")
+    rebuild = "" if tasks is STREAMS["main"] else f" --stream tune --train-per-class {n_train} --test-per-class {n_test}"
+    text = f"""# {title}
 
 A small, offline, text-classification task stream derived from WordNet 3.0:
 {len(TASKS)} tasks of 4 lexicographer categories each ({n_classes} classes). Each example is one
@@ -290,7 +308,7 @@ Requires the WordNet 3.0 database (`apt-get install wordnet-base`). The output i
 byte-identical across runs:
 
 ```
-python tools/data/build_wordnet_stream.py --out clight/data/wordnet
+python tools/data/build_wordnet_stream.py --out {out}{rebuild}
 ```
 
 `tests/test_wordnet_builder.py` checks the committed files against a fresh build.
@@ -304,25 +322,27 @@ WordNet 3.0 licence, reproduced in full in [`LICENSE`](LICENSE).
 
 
 def build(
-    wordnet_dir: Path, out: Path, n_train: int = 120, n_test: int = 40, seed: int = 0
+    wordnet_dir: Path, out: Path, n_train: int = 120, n_test: int = 40, seed: int = 0, stream: str = "main"
 ) -> dict[str, int]:
-    """Write the stream into ``out``; returns the per-class candidate counts."""
+    """Write the stream (``main`` or ``tune``) into ``out``; returns the per-class candidate counts."""
+    tasks = STREAMS[stream]
     check_wordnet_dir(wordnet_dir)
     candidates = clean_candidates(read_synsets(wordnet_dir))
-    check_counts(candidates, n_train + n_test)
-    rows = build_rows(candidates, n_train, n_test, seed)
+    check_counts(candidates, n_train + n_test, tasks)
+    rows = build_rows(candidates, n_train, n_test, seed, tasks)
     out.mkdir(parents=True, exist_ok=True)
     for split in OUTPUT_SPLITS:
         write_jsonl(out / f"{split}.jsonl", rows[split])
-    write_tasks(out / "tasks.json")
+    write_tasks(out / "tasks.json", tasks)
     write_licence(out / "LICENSE", wordnet_dir)
-    write_readme(out / "README.md", candidates, n_train, n_test, seed)
-    return {label: len(candidates[label]) for _, labels in TASKS for label in labels}
+    where = "clight/data/wordnet" if stream == "main" else "clight/data/wordnet_tune"
+    write_readme(out / "README.md", candidates, n_train, n_test, seed, tasks, where)
+    return {label: len(candidates[label]) for _, labels in tasks for label in labels}
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    build(args.wordnet_dir, args.out, args.train_per_class, args.test_per_class, args.seed)
+    build(args.wordnet_dir, args.out, args.train_per_class, args.test_per_class, args.seed, args.stream)
     print(f"wrote {args.out}/{{train.jsonl,test.jsonl,tasks.json,LICENSE,README.md}}")
 
 
