@@ -18,7 +18,7 @@ from clight_testing import ROOT
 
 pytestmark = pytest.mark.slow
 
-COMMANDS = ("fit", "evaluate", "bench", "report", "export", "merge")
+COMMANDS = ("fit", "evaluate", "bench", "report", "export", "merge", "tune")
 
 
 @pytest.fixture(scope="module")

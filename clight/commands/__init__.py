@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("clight.commands.report", "render runs as one self-contained HTML page comparing methods"),
     "export": ("clight.commands.export", "write a run's model in Hugging Face format (peft adapters, head)"),
     "merge": ("clight.commands.merge", "merge fine-tuned models: task arithmetic, TIES, DARE, MagMax, ..."),
+    "tune": ("clight.commands.tune", "tune a config's hyperparameters on validation data (Optuna); write the best"),
 }
 
 

@@ -1,0 +1,123 @@
+"""An Optuna study whose trials are ordinary ``clight fit`` runs, each in its own folder, scored on the validation
+matrix; a killed study continues with the trials it had, and a trial killed mid-run resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clight.errors import ClightConfigError
+from clight.results import seen_summary
+from clight.tuning.objective import objective_value, validation_summary
+from clight.tuning.space import Dimension, apply
+
+
+def trial_key(values: dict[str, Any]) -> str:
+    """The folder name of a trial: a hash of its values, so that the same values (a trial a killed study
+    enqueues again) find the same folder and resume its run."""
+    return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def run_trial(config: Path, *, resume: bool, extra: Sequence[str], on_stage_end: Callable[[Any, int], None] | None
+              ) -> dict[str, Any]:
+    """One ``clight fit`` run in this process; ``on_stage_end(state, stage)`` is called after every task's
+    evaluation (the pruning hook). Returns its ``results.json`` content."""
+    from clight.cli import ContinualCLI
+
+    class _TrialCLI(ContinualCLI):
+        stage_hook = staticmethod(on_stage_end) if on_stage_end is not None else None
+
+    args = ["fit", "-c", str(config), "--stream.resume=true" if resume else "--stream.overwrite=true",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *extra]
+    return _TrialCLI(args=args).results
+
+
+def run_study(config: Path, space: list[Dimension], *, out: Path, trials: int, objective: str, metric: str | None,
+              seed: int = 0, prune: bool = True, extra: Sequence[str] = (), log: Callable[[str], None] = print
+              ) -> dict[str, Any]:
+    """Run (or continue) the study in ``out`` until it has ``trials`` finished trials; write ``out/best.yaml`` (the
+    best trial's config, which ``clight fit -c`` takes) and ``out/trials.json``. Returns the summary."""
+    import optuna
+    from optuna.trial import TrialState
+
+    base = yaml.safe_load(Path(config).read_text())
+    apply(base, {d.path: d.low if d.kind != "choice" else d.choices[0] for d in space})  # every path exists
+    out.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0) if prune else optuna.pruners.NopPruner()
+    # A trial whose process died stops beating; Optuna fails it and runs its values again (RetryFailedTrialCallback),
+    # which find the same folder (trial_key) and resume its run from the stream checkpoint.
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{out / 'study.db'}", heartbeat_interval=10, grace_period=30,
+        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2))
+    study = optuna.create_study(study_name="clight", storage=storage, direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner, load_if_exists=True)
+    retried = {n for t in study.trials for n in t.user_attrs.get("retry_history", [])}
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    done = sum(t.state in finished and t.number not in retried for t in study.trials)
+
+    def objective_fn(trial: Any) -> float:
+        values = {d.path: d.suggest(trial) for d in space}
+        folder = out / "trials" / trial_key(values)
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg = apply(base, values)
+        cfg.setdefault("stream", {})["run_dir"] = str(folder / "run")
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        trial.set_user_attr("folder", str(folder))
+
+        def report(state: Any, stage: int) -> None:
+            if not state.validation:
+                return
+            name = metric or state.metric_names[0]
+            matrix = state.validation[name]
+            value = objective_value(seen_summary(matrix), objective, matrix.higher_is_better)
+            if math.isfinite(value):
+                trial.report(value, stage)
+                if trial.should_prune():
+                    log(f"clight tune: trial {trial.number} pruned after task {stage + 1} ({value:.4f})")
+                    raise optuna.TrialPruned()
+
+        results = run_trial(folder / "config.yaml", resume=(folder / "run" / "stream.pt").exists(), extra=extra,
+                            on_stage_end=report)
+        name, summary, higher = validation_summary(results, metric)
+        value = objective_value(summary, objective, higher)
+        trial.set_user_attr("validation", dict(summary))
+        trial.set_user_attr("test", dict(results["summary"][name]))  # recorded, never used to choose
+        log(f"clight tune: trial {trial.number}: {objective} {value:.4f} with {values}")
+        return value
+
+    if trials - done > 0:
+        study.optimize(objective_fn, n_trials=trials - done, catch=(Exception,), gc_after_trial=True)
+    return write_summary(study, base, space, out, Path(config))
+
+
+def write_summary(study: Any, base: dict[str, Any], space: list[Dimension], out: Path, config: Path) -> dict[str, Any]:
+    """``trials.json`` (every trial: values, state, objective, validation and test summaries, error) and
+    ``best.yaml``."""
+    from optuna.trial import TrialState
+
+    rows = [{"number": t.number, "state": t.state.name, "value": t.value, "values": t.params,
+             "validation": t.user_attrs.get("validation"), "test": t.user_attrs.get("test"),
+             "folder": t.user_attrs.get("folder"), "error": t.system_attrs.get("fail_reason")}
+            for t in study.trials]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE and t.value is not None]
+    summary = {"config": str(config), "trials": rows, "best": None}
+    if complete:
+        best = max(complete, key=lambda t: t.value)
+        cfg = apply(base, best.params)
+        cfg.setdefault("stream", {})["run_dir"] = f"runs/{config.stem}-tuned"
+        header = (f"# {config.name} with the values `clight tune` chose (trial {best.number} of {len(study.trials)}; "
+                  f"validation objective {best.value:.4f}):\n"
+                  + "".join(f"#   {k}: {v}\n" for k, v in best.params.items()))
+        (out / "best.yaml").write_text(header + yaml.safe_dump(cfg, sort_keys=False))
+        summary["best"] = {"number": best.number, "value": best.value, "values": best.params}
+    elif not study.trials:
+        raise ClightConfigError("`clight tune`: no trial ran; check `--trials`.")
+    (out / "trials.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
