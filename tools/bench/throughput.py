@@ -52,7 +52,7 @@ from clight.cli import ContinualCLI  # noqa: E402
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # one Trainer per task
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = [
     "--model.config", json.dumps(TINY_LLAMA),
     "--model.compile", "false", "--model.optimizer.init_args.fused", "false",
@@ -102,7 +102,6 @@ def _callbacks_of(method: str, estimate_examples: int) -> list[Callback]:
 def measure(cli: ContinualCLI, trainer_kwargs: dict[str, Any], method: str, *, prime_steps: int, warmup: int,
             steps: int, estimate_examples: int = 16) -> dict[str, Any]:
     module, data = cli.model, cli.datamodule
-    module._loss_terms.clear()  # terms of the previous method's callbacks
     for p in module.parameters():
         p.requires_grad_(True)
     callbacks = _callbacks_of(method, estimate_examples)
