@@ -8,6 +8,9 @@ Layout of an export folder::
     adapters/           without --merge, peft runs only: ``save_pretrained`` of the adapters (peft's layout:
                         ``default`` at the top, any other adapter in ``adapters/<name>/``)
     head.safetensors    classification only: the linear head (``weight`` (C, H), ``bias`` (C,))
+    classifier/         classification, unless adapters are kept apart: one ``transformers`` folder (encoder and
+                        head, ``id2label``) that ``pipeline("text-classification", model="out/classifier",
+                        trust_remote_code=True)`` loads, the model class copied in (clight is not needed)
     export.json         what was written: adapters and their folders, the pooling, class names, task classes
 
 Classification logits are ``head(mean over non-padding tokens of last_hidden_state)``, not an HF
@@ -100,6 +103,10 @@ def export_module(
     if tokenizer is not None:
         tokenizer.save_pretrained(out / "model")
     head = module.output_head()
+    if isinstance(head, torch.nn.Linear) and (peft_model is None or merge):
+        encoder = backbone if peft_model is None else plain
+        write_classifier(out / "classifier", encoder, head, class_names, tokenizer)
+        manifest["classifier"] = "classifier"
     if isinstance(head, torch.nn.Linear):
         tensors = {"weight": head.weight.detach().cpu().contiguous()}
         if head.bias is not None:
@@ -124,3 +131,34 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool = False,
     manifest.update(run_dir=str(run_dir), completed_stages=stages[: int(saved["state"]["completed"])], stages=stages)
     (Path(out_dir) / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def write_classifier(folder: Path, encoder: torch.nn.Module, head: torch.nn.Linear,
+                     class_names: Sequence[str] | None, tokenizer: Any) -> None:
+    """A self-contained ``transformers`` folder of the classifier, with ``id2label``, that
+    ``AutoModelForSequenceClassification`` and ``pipeline("text-classification")`` load with
+    ``trust_remote_code=True`` (the model class, :mod:`clight.hf.modeling_clight`, is copied in; clight itself is not
+    needed to load it)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from clight.hf import modeling_clight
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = copy.deepcopy(encoder.config)
+    names = list(class_names) if class_names is not None else [f"LABEL_{i}" for i in range(head.out_features)]
+    config.num_labels = head.out_features
+    config.id2label = dict(enumerate(names))
+    config.label2id = {name: i for i, name in enumerate(names)}
+    config.architectures = ["ClightMeanPoolClassifier"]
+    config.auto_map = {"AutoModelForSequenceClassification": "modeling_clight.ClightMeanPoolClassifier"}
+    config.save_pretrained(folder)
+    state = {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    state.update({"classifier.weight": head.weight.detach().cpu().contiguous()})
+    if head.bias is not None:
+        state["classifier.bias"] = head.bias.detach().cpu().contiguous()
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    shutil.copy(modeling_clight.__file__, folder / "modeling_clight.py")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)

@@ -160,3 +160,33 @@ def test_export_tool_on_a_cli_run(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "clight", "export", str(tmp_path / "nope"), "--out",
                           str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_a_classification_export_loads_in_a_transformers_pipeline_with_clights_logits(tmp_path: Path) -> None:
+    from clight_testing import run_stream, tiny_stream
+
+    from clight.export import export_module
+
+    _, module = run_stream(tmp_path / "run", [], max_steps=2)
+    data = tiny_stream()
+    data.prepare_stream()
+    manifest = export_module(module, tmp_path / "out", tokenizer=data.tokenizer, class_names=data.classes)
+    assert manifest["classifier"] == "classifier"
+    texts = ["dog: a domestic animal", "hammer: a hand tool with a heavy head"]
+    enc = data.tokenizer(texts, padding=True, return_tensors="pt")
+    module.eval()
+    with torch.no_grad():
+        ours = module({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})["logits"]
+    code = ("import json, sys; from transformers import pipeline; "
+            "clf = pipeline('text-classification', model=sys.argv[1], trust_remote_code=True); "
+            "print(json.dumps(clf(sys.argv[2:], top_k=None, function_to_apply='none')))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out" / "classifier"), *texts],
+                          cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scored = json.loads(proc.stdout.strip().splitlines()[-1])
+    for row, logits in zip(scored, ours):
+        by_label = {entry["label"]: entry["score"] for entry in row}
+        assert list(by_label) and set(by_label) == set(data.classes)  # id2label names the classes
+        theirs = torch.tensor([by_label[name] for name in data.classes])
+        torch.testing.assert_close(theirs, logits, atol=1e-5, rtol=1e-5)
