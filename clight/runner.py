@@ -4,31 +4,56 @@ checkpoint after every task, the task x task result matrix at the end."""
 from __future__ import annotations
 
 import copy
+import json
+import os
 import shutil
+import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
+import torch
+from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch.callbacks import Callback, Checkpoint, ProgressBar
 from lightning.pytorch.strategies import Strategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from clight.callback import ContinualCallback, is_sharded
 from clight.checkpoint import (
+    MID_TASK_CHECKPOINT,
     STREAM_CHECKPOINT,
+    TMP_SUFFIX,
+    AtomicCheckpointIO,
+    MidTaskCheckpoint,
+    UnreadableCheckpoint,
     callback_key,
     callback_states,
     load_module_state,
     module_checkpoint_state,
+    read_mid_task_fingerprint,
     read_stream_checkpoint,
+    remove_path,
     restore_callbacks,
     write_stream_checkpoint,
 )
 from clight.datamodules.base import ContinualDataModule
 from clight.errors import ClightConfigError
+from clight.fingerprint import describe_differences, differences, runner_fingerprint
 from clight.progress import TaskProgressBar
 from clight.results import build_results, samples_markdown, stage_metrics, write_results
+from clight.run_folder import (
+    CHECKPOINTS,
+    CONFIG,
+    RESULTS,
+    TENSORBOARD,
+    check_run_dir,
+    mid_task_checkpoints,
+    remove_run,
+)
 from clight.state import StreamState
 from clight.stream import prepare_stream, probe_metrics, stream_metrics
 from clight.tb import StreamTensorBoardLogger
@@ -41,8 +66,11 @@ class StreamOptions:
 
     Args:
         run_dir: where results, TensorBoard events and checkpoints go.
-        resume: continue the run in ``run_dir`` at the task (and mid-task step) where it stopped.
-        overwrite: start afresh even if ``run_dir`` holds an earlier run (its checkpoints are deleted).
+        resume: continue the run in ``run_dir`` at the task (and mid-task step) where it stopped; refused when any
+            setting that shapes the result differs from the run's (each difference named), or when there is
+            nothing to resume. A finished run is reported and left as it is.
+        overwrite: replace the run in ``run_dir``: its files are removed once the new run has passed every check,
+            just before it starts, so a run that fails its checks loses nothing and two runs never mix.
         eval_initial: evaluate every task before training (the baseline row needed for forward transfer).
         checkpoint_every_n_steps: mid-task checkpoint interval in optimizer steps (0 disables; then a killed task
             restarts from its beginning).
@@ -57,6 +85,75 @@ class StreamOptions:
     keep_task_checkpoints: bool = False
 
 
+def _available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _cpu_processes(kwargs: Mapping[str, Any]) -> int | None:
+    """How many CPU processes the trainer arguments start (None: not a CPU run, or not a count clight reads)."""
+    accelerator = kwargs.get("accelerator") or "auto"
+    if not isinstance(accelerator, str):
+        return None
+    accelerator = accelerator.lower()
+    gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
+    if accelerator in ("gpu", "cuda", "mps") and not gpu:
+        raise ClightConfigError(
+            f"`trainer.accelerator` is {accelerator!r}, but this machine has no usable GPU "
+            f"(`torch.cuda.is_available()` is False, torch {torch.__version__}). Use `--trainer.accelerator cpu` "
+            "(or `auto`), or run on a machine with a GPU."
+        )
+    if accelerator != "cpu" and not (accelerator == "auto" and not gpu):
+        return None
+    devices = kwargs.get("devices", "auto")
+    if isinstance(devices, bool):
+        return None
+    if isinstance(devices, int):
+        return devices
+    if isinstance(devices, str) and devices.strip().isdigit():
+        return int(devices)
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    return None
+
+
+def check_trainer_kwargs(kwargs: Mapping[str, Any]) -> None:
+    """Refuse, in one line, trainer arguments that would train nothing, or start more CPU processes than cores."""
+    for key in ("max_steps", "max_epochs", "limit_train_batches"):
+        value = kwargs.get(key)
+        if value is not None and not isinstance(value, bool) and value == 0:
+            raise ClightConfigError(
+                f"`trainer.{key}` is 0, so no task would train and every row of the results would be the untrained "
+                f"model's. Give a positive budget (e.g. `--trainer.{key} 1`), or leave it out."
+            )
+    processes, cores = _cpu_processes(kwargs), _available_cores()
+    if processes is not None and processes > cores:
+        raise ClightConfigError(
+            f"`trainer.devices` asks for {processes} CPU processes, but this machine gives clight {cores} cores: the "
+            f"processes would share cores and run slower than {cores} would. Use `--trainer.devices {cores}` or fewer."
+        )
+
+
+def check_callbacks(callbacks: Sequence[Callback]) -> None:
+    """Refuse two stateful callbacks under one state key (their checkpoints would overwrite each other)."""
+    seen: dict[str, Callback] = {}
+    for cb in callbacks:
+        if not (isinstance(cb, ContinualCallback) or is_overridden("state_dict", cb, Callback)):
+            continue
+        key = callback_key(cb)
+        if key in seen:
+            raise ClightConfigError(
+                f"`trainer.callbacks`: {type(cb).__name__} is listed twice with the same state key {key!r}, so their "
+                "states would overwrite each other in every checkpoint. List each technique once, or give the "
+                "second one different arguments."
+            )
+        seen[key] = cb
+
+
+def _warn(message: str) -> None:
+    if rank_zero_only.rank == 0:
+        print(f"clight: warning: {message}", file=sys.stderr, flush=True)
+
+
 class StreamRunner:
     """Train a :class:`~clight.module.ContinualModule` on every task of a continual datamodule in turn.
 
@@ -68,6 +165,11 @@ class StreamRunner:
         seed: base seed; every task starts from ``seed + task index`` so a resumed run matches an
             uninterrupted one.
         config_text: resolved config (YAML) to store beside the results and in TensorBoard.
+        run_fingerprint: every setting that shapes the result, as flat named values (``clight fit`` passes its
+            whole config, :func:`clight.fingerprint.config_fingerprint`); a resume with any of them changed is
+            refused by name. Default: what the runner can see itself (:func:`clight.fingerprint.runner_fingerprint`:
+            the seed, the trainer's arguments, the continual callbacks and their arguments, the module's
+            hyperparameters and optimizer, the datamodule's settings). The world size is always added.
     """
 
     def __init__(
@@ -77,6 +179,7 @@ class StreamRunner:
         *,
         seed: int = 0,
         config_text: str | None = None,
+        run_fingerprint: Mapping[str, Any] | None = None,
     ) -> None:
         self.trainer_kwargs = dict(trainer_kwargs or {})
         self.options = options or StreamOptions()
@@ -88,6 +191,11 @@ class StreamRunner:
         self.config_text = config_text
         self.run_dir = Path(self.options.run_dir)
         self.callbacks: list[Callback] = list(self.trainer_kwargs.pop("callbacks", None) or [])
+        check_trainer_kwargs(self.trainer_kwargs)
+        check_callbacks(self.callbacks)
+        self.run_fingerprint = dict(run_fingerprint) if run_fingerprint is not None else None
+        self.fingerprint: dict[str, Any] = {}
+        self._resume_from: Path | None = None  # the checked mid-task checkpoint of the first task to run
         # A strategy *instance* (e.g. `DDPStrategy(timeout=...)` from YAML) binds to the first Trainer that uses
         # it; every task's fresh Trainer gets its own copy of the pristine instance.
         strategy = self.trainer_kwargs.get("strategy")
@@ -107,9 +215,29 @@ class StreamRunner:
 
     # ---- public ------------------------------------------------------------------------------------------
     def run(self, module: pl.LightningModule, datamodule: ContinualDataModule) -> dict[str, Any]:
-        """Run the whole stream and return the results (also written to ``run_dir/results.json``)."""
+        """Run the whole stream and return the results (also written to ``run_dir/results.json``).
+
+        Everything is checked before anything is written: the run folder, the data, the model, the optimizer, and
+        on resume the checkpoints and the fingerprints. A run that fails before its first checkpoint removes what
+        it wrote."""
+        rank0 = rank_zero_only.rank == 0
+        if rank0:  # other DDP ranks start once rank 0 trains, and find the folder rank 0 prepared
+            check_run_dir(self.run_dir, resume=self.options.resume, overwrite=self.options.overwrite)
         self._prepare(module, datamodule)
         state = self._initial_state(module, datamodule)
+        n = len(datamodule.stage_names)
+        if self.options.resume and state.completed == n and (self.run_dir / RESULTS).is_file():
+            return self._finished(n)
+        created = self._start_folder() if rank0 else []
+        try:
+            return self._run(module, datamodule, state, n)
+        except BaseException:
+            if rank0:
+                self._discard(created)
+            raise
+
+    def _run(self, module: pl.LightningModule, datamodule: ContinualDataModule, state: StreamState, n: int
+             ) -> dict[str, Any]:
         self.logger = StreamTensorBoardLogger(str(self.run_dir))
         started = time.perf_counter()
         if self.config_text and state.completed == 0 and not state.initial_done:
@@ -121,56 +249,146 @@ class StreamRunner:
             self.logger.log_metrics(stage_metrics(state, values), step=0)
             self._log_samples(module, datamodule, "initial", 0)
             self._save_state(trainer, module, datamodule, state)
-        n = len(datamodule.stage_names)
         for i in range(state.completed, n):
             self._run_stage(i, n, module, datamodule, state)
         results = build_results(state, tasks=datamodule.task_names, stages=datamodule.stage_names,
                                 seconds=time.perf_counter() - started)
-        if pl.utilities.rank_zero.rank_zero_only.rank == 0:
+        if rank_zero_only.rank == 0:
             write_results(self.run_dir, results, state, self.logger)
         return results
 
     # ---- setup ------------------------------------------------------------------------------------------
     def _prepare(self, module: pl.LightningModule, datamodule: ContinualDataModule) -> None:
+        """Read the stream and size the module (every input check on the way), check the optimizer's arguments,
+        and take the run's fingerprint."""
         prepare_stream(module, datamodule)
-        keys = [callback_key(cb) for cb in self.continual_callbacks]
-        dupes = sorted({k for k in keys if keys.count(k) > 1})
-        if dupes:
-            raise ClightConfigError(
-                f"callbacks: two instances share the state key {dupes}; give one of them a distinct argument "
-                "(their `state_key` must differ so their checkpoints don't overwrite each other)."
-            )
+        optimizer = module.check_optimizer() if hasattr(module, "check_optimizer") else None
+        if self.run_fingerprint is not None:
+            fingerprint = dict(self.run_fingerprint)
+        else:
+            fingerprint = runner_fingerprint(seed=self.seed, trainer_kwargs=self.trainer_kwargs,
+                                             callbacks=self.continual_callbacks, module=module, datamodule=datamodule,
+                                             optimizer=optimizer)
+        fingerprint["world_size"] = self._world_size()
+        self.fingerprint = fingerprint
+
+    def _world_size(self) -> int:
+        """The number of processes the trainer arguments start (what every task's Trainer will have)."""
+        keys = ("accelerator", "strategy", "devices", "num_nodes", "plugins")
+        kwargs = {k: v for k, v in self.trainer_kwargs.items() if k in keys}
+        if self._strategy_template is not None:
+            kwargs["strategy"] = copy.deepcopy(self._strategy_template)
+        trainer = pl.Trainer(**kwargs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False)
+        return int(trainer.world_size)
 
     def _initial_state(self, module: pl.LightningModule, datamodule: ContinualDataModule) -> StreamState:
-        path = self.run_dir / STREAM_CHECKPOINT
+        """A fresh state, or on resume the state of the stream checkpoint (its fingerprints checked, its weights and
+        callback states loaded) and the checked mid-task checkpoint of the task to continue. Writes nothing."""
         state = StreamState.fresh(datamodule.task_names, stream_metrics(module, datamodule), datamodule.probe_names,
                                   probe_metrics(module, datamodule))
+        self._resume_from = None
         if not self.options.resume:
-            if path.exists() and not self.options.overwrite:
-                raise ClightConfigError(
-                    f"`stream.run_dir` {str(self.run_dir)!r} already holds a run ({STREAM_CHECKPOINT}). Pass "
-                    "`--stream.resume true` to continue it, `--stream.overwrite true` to start afresh, or "
-                    "choose another `--stream.run_dir`."
-                )
-            if self.options.overwrite and (self.run_dir / "checkpoints").exists():
-                shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
-                path.unlink(missing_ok=True)
             return state
+        path = self.run_dir / STREAM_CHECKPOINT
+        if path.exists():  # else: a mid-task checkpoint of the first task (`check_run_dir` saw one)
+            saved = read_stream_checkpoint(path)
+            self._check_same_run(datamodule, saved.get("stream"), saved.get("run"), path)
+            dropped = sorted(set(saved["callbacks"]) - {callback_key(cb) for cb in self.continual_callbacks})
+            if dropped:
+                raise ClightConfigError(
+                    f"`--stream.resume`: the run in {str(self.run_dir)!r} trained with the callbacks {dropped}, which "
+                    "this config drops. Resume with the callbacks of the original run, or start afresh with "
+                    "`--stream.overwrite true` or a new `--stream.run_dir`."
+                )
+            load_module_state(module, saved["module"], saved.get("module_base"))
+            restore_callbacks(saved, self.continual_callbacks)
+            state.load_state_dict(saved["state"])
+        if state.completed < len(datamodule.stage_names):
+            self._resume_from = self._mid_task_checkpoint(datamodule, state.completed, after_finished=path.exists())
+        return state
+
+    def _mid_task_checkpoint(self, datamodule: ContinualDataModule, stage: int, *, after_finished: bool
+                             ) -> Path | None:
+        """The mid-task checkpoint to continue ``stage`` from, checked: an unreadable one is set aside (the task
+        restarts from the end of the last finished one), one of another run is refused."""
+        name = datamodule.stage_names[stage]
+        path = self.run_dir / CHECKPOINTS / name / MID_TASK_CHECKPOINT
         if not path.exists():
-            return state  # nothing finished yet; a mid-task checkpoint of the first task may still exist
-        saved = read_stream_checkpoint(path)
+            return None
+        try:
+            carried = read_mid_task_fingerprint(path)
+        except UnreadableCheckpoint as err:
+            start = "the end of the last finished task (stream.pt)" if after_finished else "the beginning of the stream"
+            _warn(f"the mid-task checkpoint {err}; task {name!r} restarts from {start}. It is kept as "
+                  f"{path.name}.unreadable.")
+            if rank_zero_only.rank == 0:
+                aside = path.with_name(path.name + ".unreadable")
+                remove_path(aside)
+                os.replace(path, aside)
+            return None
+        if carried:
+            self._check_same_run(datamodule, carried.get("stream"), carried.get("run"), path)
+        return path
+
+    def _check_same_run(self, datamodule: ContinualDataModule, stream: Any, run: Mapping[str, Any] | None,
+                        path: Path) -> None:
+        """Refuse a checkpoint of another stream or of a run with other settings, naming every difference."""
         expected = datamodule.fingerprint()
-        if saved["stream"] != expected:
-            diff = [k for k in expected if saved["stream"].get(k) != expected[k]]
+        if stream != expected:
+            stream = stream or {}
+            diff = [k for k in expected if stream.get(k) != expected[k]]
             raise ClightConfigError(
                 f"`--stream.resume`: {str(path)!r} was written for a different stream (differs in {diff}: "
-                f"checkpoint tasks {saved['stream'].get('tasks')}, config tasks {expected['tasks']}). Resume "
+                f"checkpoint tasks {stream.get('tasks')}, config tasks {expected['tasks']}). Resume "
                 "with the original data and task list, or start a new `stream.run_dir`."
             )
-        load_module_state(module, saved["module"], saved.get("module_base"))
-        restore_callbacks(saved, self.continual_callbacks)
-        state.load_state_dict(saved["state"])
-        return state
+        if run is None:  # written before clight stored run fingerprints
+            return
+        lines = differences(run, self.fingerprint)
+        if lines:
+            raise ClightConfigError(
+                f"`--stream.resume`: the run in {str(self.run_dir)!r} was made with other settings: "
+                f"{describe_differences(lines)}. Resume with the settings it was made with (its {CONFIG}), or start "
+                "afresh with `--stream.overwrite true` or a new `--stream.run_dir`."
+            )
+
+    def _finished(self, n: int) -> dict[str, Any]:
+        """A resumed run that had already finished: reported, nothing written."""
+        path = self.run_dir / RESULTS
+        if rank_zero_only.rank == 0:
+            print(f"clight: the run in {str(self.run_dir)!r} already finished its {n} task{'s' * (n != 1)}: nothing to "
+                  f"resume, nothing changed ({path}).", flush=True)
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _start_folder(self) -> list[Path]:
+        """Rank 0, once every check has passed: remove the run that ``overwrite`` replaces, or a resumed run's
+        partial writes; return what this run will create (removed again if it fails before its first
+        checkpoint)."""
+        if self.options.overwrite and not self.options.resume:
+            remove_run(self.run_dir)
+        if self.options.resume:
+            remove_path(self.run_dir / (STREAM_CHECKPOINT + TMP_SUFFIX))
+            for tmp in (self.run_dir / CHECKPOINTS).glob(f"*/{MID_TASK_CHECKPOINT}{TMP_SUFFIX}"):
+                remove_path(tmp)
+        paths = [self.run_dir, self.run_dir / CONFIG, self.run_dir / TENSORBOARD, self.run_dir / CHECKPOINTS]
+        return [p for p in paths if not p.exists()]
+
+    def _discard(self, created: list[Path]) -> None:
+        """After a failure: remove what this run created, unless a checkpoint to resume from exists."""
+        if (self.run_dir / STREAM_CHECKPOINT).exists() or mid_task_checkpoints(self.run_dir):
+            return
+        for path in reversed(created):
+            if path == self.run_dir:
+                try:
+                    path.rmdir()  # only if empty: anything else in it is not this run's
+                except OSError:
+                    pass
+            else:
+                remove_path(path)
 
     # ---- one task -----------------------------------------------------------------------------------------
     def _trainer(self, *, label: str, extra: list[Callback], budget: Any = None) -> pl.Trainer:
@@ -187,10 +405,14 @@ class StreamRunner:
         if self._summary_shown:  # the model summary is worth printing once per stream, not once per task
             kwargs["enable_model_summary"] = False
         self._summary_shown = True
+        plugins = kwargs.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())  # checkpoints written beside their final path, then renamed
         kwargs.update(
             callbacks=callbacks, logger=self.logger, default_root_dir=str(self.run_dir),
-            use_distributed_sampler=False, enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-            num_sanity_val_steps=0,
+            use_distributed_sampler=False, enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks),
+            num_sanity_val_steps=0, plugins=plugins,
         )
         return pl.Trainer(**kwargs)
 
@@ -198,21 +420,19 @@ class StreamRunner:
                    state: StreamState) -> None:
         datamodule.set_stage(i)
         name = datamodule.stage_names[i]
-        ckpt_dir = self.run_dir / "checkpoints" / name
-        mid_ckpt = ckpt_dir / "last.ckpt"
-        resume_from = str(mid_ckpt) if self.options.resume and mid_ckpt.exists() else None
+        ckpt_dir = self.run_dir / CHECKPOINTS / name
+        resume_from = str(self._resume_from) if self._resume_from is not None else None
+        self._resume_from = None  # only the first task to run continues mid-way
         extra: list[Callback] = [self.timer]
         if self.options.checkpoint_every_n_steps:
-            extra.append(ModelCheckpoint(
-                dirpath=ckpt_dir, filename="last", save_top_k=0, save_last=True, enable_version_counter=False,
-                every_n_train_steps=self.options.checkpoint_every_n_steps,
-            ))
+            extra.append(MidTaskCheckpoint(ckpt_dir / MID_TASK_CHECKPOINT, self.options.checkpoint_every_n_steps,
+                                           {"run": self.fingerprint, "stream": datamodule.fingerprint()}))
         trainer = self._trainer(label=f"task {i + 1}/{n} · {name}", extra=extra, budget=datamodule.current_budget)
         pl.seed_everything(self.seed + i, workers=True, verbose=False)
         self.logger.step_offset = state.step_offset
         self.timer.times.clear()
         t0 = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         train_seconds = time.perf_counter() - t0
         steps = trainer.global_step
         values, eval_seconds = self._evaluate(trainer, module, datamodule)
@@ -253,7 +473,7 @@ class StreamRunner:
             callbacks = callback_states(self.continual_callbacks)
         if trainer.is_global_zero:
             write_stream_checkpoint(self.run_dir, {
-                "stream": datamodule.fingerprint(), "state": state.state_dict(),
+                "stream": datamodule.fingerprint(), "run": self.fingerprint, "state": state.state_dict(),
                 "module": module_state, "module_base": module_base, "callbacks": callbacks,
             })
         trainer.strategy.barrier("clight_stream_checkpoint")
