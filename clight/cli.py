@@ -79,7 +79,8 @@ class ContinualCLI(LightningCLI):
         if options.checkpoint_every_n_steps < 0:
             raise ClightConfigError(
                 f"`stream.checkpoint_every_n_steps` must be >= 0, got {options.checkpoint_every_n_steps}.")
-        if rank_zero_only.rank == 0:
+        # a subclass that overrides `fit` only builds the objects (`clight evaluate` rebuilds a finished run)
+        if rank_zero_only.rank == 0 and type(self).fit is ContinualCLI.fit:
             check_run_dir(Path(options.run_dir), resume=options.resume, overwrite=options.overwrite)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
