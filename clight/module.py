@@ -19,7 +19,7 @@ from clight.errors import ClightConfigError
 from clight.heads import TaskHead, make_head
 from clight.heads.classification import mean_pool
 from clight.heads.generation import greedy_generate
-from clight.hub import resolve_model_folder
+from clight.hub import check_model_type, position_limit, resolve_model_folder
 from clight.rng import capture_rng_states, restore_rng_state
 from clight.sharding import shard_module
 
@@ -125,20 +125,19 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
 
     def _build_backbone(self, vocab_size: int | None) -> None:
         import transformers
-        from transformers import AutoConfig
 
         auto = getattr(transformers, self.head.auto_class)
         if self.model_path is not None:
-            backbone = auto.from_pretrained(self.model_path, attn_implementation=self._attn)
-        else:
-            cfg = dict(self._config or {})
-            if vocab_size is not None:
-                cfg.setdefault("vocab_size", vocab_size)
-            model_type = cfg.pop("model_type")
             try:
-                hf_config = AutoConfig.for_model(model_type, **cfg)
-            except ValueError as err:
-                raise ClightConfigError(f"`config`: {err}") from err
+                backbone = auto.from_pretrained(self.model_path, attn_implementation=self._attn)
+            except Exception as err:  # transformers raises OSError, ValueError, KeyError, SafetensorError, ...
+                reason = " ".join(str(err).split())[:200] or type(err).__name__
+                raise ClightConfigError(
+                    f"`model`: cannot load the model in {str(self.model_path)!r} ({type(err).__name__}: {reason}). "
+                    "Check the folder: config.json and complete weight files, as `save_pretrained` writes them."
+                ) from err
+        else:
+            hf_config = self._hf_config(vocab_size)
             hf_config._attn_implementation = self._attn
             backbone = auto.from_config(hf_config)
         self.head.prepare_backbone(backbone)
@@ -150,6 +149,52 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
         self.backbone = backbone
         if self.peft_config:
             self._record_pristine_base()
+
+    def _hf_config(self, vocab_size: int | None = None) -> Any:
+        """The ``transformers`` config that ``config`` describes (``vocab_size`` filled in if it has none)."""
+        from transformers import AutoConfig
+
+        cfg = dict(self._config or {})
+        if vocab_size is not None:
+            cfg.setdefault("vocab_size", vocab_size)
+        model_type = cfg.pop("model_type")
+        check_model_type(model_type, where="`config.model_type`")
+        try:
+            return AutoConfig.for_model(model_type, **cfg)
+        except (ValueError, TypeError) as err:
+            raise ClightConfigError(f"`config`: {' '.join(str(err).split())[:300]}") from err
+
+    @property
+    def position_limit(self) -> tuple[int, str] | None:
+        """The longest input the model's position embeddings cover and the config key that sets it (None: none)."""
+        return position_limit(self.backbone.config if self.backbone is not None else self._hf_config())
+
+    def check_optimizer(self) -> torch.optim.Optimizer | None:
+        """Build the optimizer once over the trainable parameters, so that bad arguments (a learning rate <= 0
+        included, which torch accepts at 0) are refused before anything trains; returns it, or None when it can
+        only be built on the training device (the trainer builds it there)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            return None
+        if self.optimizer_factory is None:
+            return torch.optim.AdamW(params, lr=5e-5, weight_decay=0.01)
+        try:
+            optimizer = self.optimizer_factory(params)
+        except (ValueError, TypeError) as err:
+            raise ClightConfigError(
+                f"`model.optimizer`: the optimizer refuses its arguments ({' '.join(str(err).split())[:200]}); fix "
+                "`model.optimizer.init_args`."
+            ) from err
+        except Exception:  # e.g. an optimizer that needs its parameters on the GPU
+            return None
+        for group in optimizer.param_groups:
+            lr = group.get("lr")
+            if isinstance(lr, (int, float, Tensor)) and not float(lr) > 0:
+                raise ClightConfigError(
+                    f"`model.optimizer.init_args.lr` must be > 0, got {float(lr)}: the weights would not move (or move "
+                    "uphill). Give a positive learning rate, e.g. `--model.optimizer.init_args.lr 5e-5`."
+                )
+        return optimizer
 
     def configure_stream(
         self,
@@ -179,6 +224,12 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
                     f"tokenizer/model mismatch: the tokenizer has {vocab_size} tokens but the model's embedding "
                     f"has {emb} rows, so token ids would index past it. Use the model's own tokenizer "
                     "(leave `data.tokenizer` empty) or a model whose vocab_size >= the tokenizer's."
+                )
+            if self.model_path is not None and 2 * vocab_size < emb:
+                raise ClightConfigError(
+                    f"tokenizer/model mismatch: the tokenizer has {vocab_size} tokens but the pretrained model's "
+                    f"embedding has {emb} rows, so it is not the tokenizer the model was trained with (its ids would "
+                    "mean other words). Give `data.tokenizer` the model's own tokenizer folder."
                 )
         self.head.configure(self.backbone, num_classes=num_classes, task_classes=task_classes, **stream)
 

@@ -41,10 +41,25 @@ def probe_metrics(module: pl.LightningModule, datamodule: ContinualDataModule) -
     return {m: higher[m] for m in dict.fromkeys(names)}
 
 
+def check_positions(module: pl.LightningModule, datamodule: ContinualDataModule) -> None:
+    """Refuse a ``max_length`` longer than the positions the model has (it would fail at the first long batch)."""
+    limit = getattr(module, "position_limit", None)
+    max_length = getattr(datamodule, "max_length", None)
+    if limit is not None and isinstance(max_length, int) and max_length > limit[0]:
+        positions, key = limit
+        raise ClightConfigError(
+            f"`data.max_length` is {max_length}, but the model has {positions} positions (`{key}` of its config), so "
+            f"longer inputs would index past its position embeddings. Lower `data.max_length` to {positions} or less."
+        )
+
+
 def prepare_stream(module: pl.LightningModule, datamodule: ContinualDataModule) -> None:
-    """Read and tokenize the stream and size the module for it (what the runner does before the first task)."""
+    """Read and tokenize the stream and size the module for it (what the runner does before the first task),
+    refusing inputs that do not fit the model (positions, tokenizer) in one line."""
+    check_positions(module, datamodule)
     if datamodule.tokenizer_path is None and getattr(module, "model_path", None) is not None:
         datamodule.tokenizer_path = str(module.model_path)
+        datamodule.tokenizer_from_model = True
     datamodule.prepare_stream()
     if hasattr(module, "configure_stream"):
         tokenizer = datamodule.tokenizer

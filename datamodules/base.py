@@ -12,11 +12,16 @@ from torch.utils.data import DataLoader
 from clight.datamodules.io import read_task_rows, stream_fingerprint
 from clight.datamodules.probes import resolve_probes
 from clight.datamodules.sampling import PaddedView, ResumableBatchSampler, fixed_sample
-from clight.datamodules.tokenizers import load_tokenizer
+from clight.datamodules.tokenizers import check_unk_rate, load_tokenizer
 from clight.errors import ClightConfigError
 from clight.task import Probe, Task, TaskInfo
 
 Example = dict[str, Any]
+# A token covers a few characters (WordNet glosses: ~4.5 with MiniLM's WordPiece); a text is cut to this many
+# characters per token of `max_length` before it is tokenized, which changes no text a tokenizer would keep whole
+# in `max_length` tokens, and spares tokenizing the rest (a 50 MB line cost 7.2 GB when tokenized whole).
+MAX_CHARS_PER_TOKEN = 64
+UNK_SAMPLE_ROWS = 64  # training rows of each task that the unknown-token check tokenizes
 
 
 class ContinualDataModule(pl.LightningDataModule):
@@ -76,6 +81,8 @@ class ContinualDataModule(pl.LightningDataModule):
             raise ClightConfigError(f"`eval_batch_size` must be >= 1, got {eval_batch_size}.")
         if eval_max_examples is not None and eval_max_examples < 1:
             raise ClightConfigError(f"`eval_max_examples` must be >= 1 or empty, got {eval_max_examples}.")
+        if num_workers < 0:
+            raise ClightConfigError(f"`num_workers` must be >= 0 (0: load in the main process), got {num_workers}.")
         if (train_file is None) != (test_file is None):
             raise ClightConfigError("`train_file` and `test_file` go together: give both or neither.")
         if train_file is None and not tasks:
@@ -84,7 +91,15 @@ class ContinualDataModule(pl.LightningDataModule):
                 "entries name their own `train` and `test` files."
             )
         self.train_file, self.test_file = train_file, test_file
-        self.task_specs = [t if isinstance(t, Task) else Task(**t) for t in (tasks or [])]
+        self.task_specs = [t if isinstance(t, Task) else _task(t) for t in (tasks or [])]
+        for t in self.task_specs:
+            for key in ("max_steps", "max_epochs"):
+                value = getattr(t, key)
+                if value is not None and (value == 0 or value < -1):
+                    raise ClightConfigError(
+                        f"`tasks[{t.name}].{key}` must be >= 1 (or -1: no limit), got {value}: a task with an empty "
+                        "budget would not train. Give it a budget, or leave it out for the trainer's."
+                    )
         names = [t.name for t in self.task_specs]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -94,6 +109,7 @@ class ContinualDataModule(pl.LightningDataModule):
         self.probe_examples: list[list[Example]] = []
         self.task_column = task_column
         self.tokenizer_path = tokenizer
+        self.tokenizer_from_model = False  # set by the runner when the empty `tokenizer` means the model folder's
         self.tokenizer: Any = None
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -133,6 +149,15 @@ class ContinualDataModule(pl.LightningDataModule):
         """Hook for classification streams: fill in and check label sets. Default: unchanged."""
         return tasks
 
+    def tokenizer_texts(self, rows: list[dict[str, Any]], path: str) -> list[str]:
+        """The text of a task's training rows (what a trained tokenizer learns from, and what the unknown-token
+        check samples). Default: none."""
+        return []
+
+    def clip(self, text: str) -> str:
+        """``text`` cut to what ``max_length`` tokens can cover (:data:`MAX_CHARS_PER_TOKEN`), before tokenizing."""
+        return text[: self.max_length * MAX_CHARS_PER_TOKEN]
+
     def make_tokenizer(self) -> Any:
         """The tokenizer; default: load ``tokenizer`` (the runner fills it with the model folder)."""
         if self.tokenizer_path is None:
@@ -140,7 +165,7 @@ class ContinualDataModule(pl.LightningDataModule):
                 "`data.tokenizer` is empty and the model was built from a config, so there is no tokenizer: "
                 "give `data.tokenizer` a tokenizer folder."
             )
-        return load_tokenizer(self.tokenizer_path, argument="data.tokenizer")
+        return load_tokenizer(self.tokenizer_path, argument="data.tokenizer", from_model=self.tokenizer_from_model)
 
     # ---- the stream ----------------------------------------------------------------------------------------
     @property
@@ -196,6 +221,9 @@ class ContinualDataModule(pl.LightningDataModule):
         self.tasks = tasks
         if self.tokenizer is None:
             self.tokenizer = self.make_tokenizer()
+        for t, rows in zip(tasks, train_rows):
+            check_unk_rate(self.tokenizer, self.tokenizer_texts(rows[:UNK_SAMPLE_ROWS], self._path(t, "train")),
+                           argument="data.tokenizer", source=f"the training text of task {t.name!r}")
         self.train_examples = [
             self.encode(r, i, path=self._path(t, "train"), split="train") for i, (t, r) in enumerate(zip(tasks, train_rows))
         ]
@@ -298,3 +326,11 @@ class ContinualDataModule(pl.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(examples, batch_sampler=sampler, collate_fn=collate or self.collate,
                           num_workers=self.num_workers, generator=generator, persistent_workers=False)
+
+
+def _task(spec: Any) -> Task:
+    try:
+        return Task(**spec)
+    except TypeError as err:
+        raise ClightConfigError(f"`tasks`: {spec!r} is not a task ({err}); a task has `name` and optionally `train`, "
+                                "`test`, `labels`, `max_epochs`, `max_steps`.") from None

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from clight.datamodules.base import ContinualDataModule, Example
-from clight.datamodules.io import column
+from clight.datamodules.io import text_column
 from clight.errors import ClightConfigError
 
 
@@ -71,7 +71,7 @@ class CausalLMStream(ContinualDataModule):
 
     def tokenizer_texts(self, rows: list[dict[str, Any]], path: str) -> list[str]:
         """The text of a task's training rows that a trained tokenizer learns from."""
-        return [str(x) for x in column(rows, self.text_column, path=path, argument="data.text_column")]
+        return text_column(rows, self.text_column, path=path, argument="data.text_column")
 
     def _eos(self) -> int:
         eos = self.tokenizer.eos_token_id
@@ -82,7 +82,7 @@ class CausalLMStream(ContinualDataModule):
         return eos
 
     def encode(self, rows: list[dict[str, Any]], task_index: int, *, path: str, split: str) -> list[Example]:
-        texts = [str(t) for t in column(rows, self.text_column, path=path, argument="data.text_column")]
+        texts = text_column(rows, self.text_column, path=path, argument="data.text_column")  # packed: not clipped
         if not texts:
             return []
         eos = self._eos()

@@ -7,7 +7,7 @@ from typing import Any, Literal
 import torch
 
 from clight.datamodules.base import ContinualDataModule, Example
-from clight.datamodules.io import column
+from clight.datamodules.io import label_column, text_column
 from clight.errors import ClightConfigError
 from clight.task import Task
 
@@ -67,9 +67,23 @@ class TextClassificationStream(ContinualDataModule):
     def resolve_labels(self, tasks: list[Task], rows: list[list[dict[str, Any]]]) -> list[Task]:
         resolved = []
         for task, task_rows in zip(tasks, rows):
-            found = [str(v) for v in column(task_rows, self.label_column, path=self._path(task, "train"),
-                                               argument="data.label_column")]
+            path = self._path(task, "train")
+            found = label_column(task_rows, self.label_column, path=path, argument="data.label_column")
             labels = tuple(str(x) for x in task.labels) or tuple(dict.fromkeys(found))
+            missing = [label for label in labels if label not in set(found)]
+            if missing:
+                raise ClightConfigError(
+                    f"`tasks[{task.name}].labels`: {missing} {'has' if len(missing) == 1 else 'have'} no training rows "
+                    f"in {path!r} (labels found there: {sorted(set(found))}), so the model could never learn "
+                    f"{'it' if len(missing) == 1 else 'them'}. Remove {'it' if len(missing) == 1 else 'them'} from "
+                    "`labels`, or add rows."
+                )
+            if self.scenario == "task_incremental" and len(labels) < 2:
+                raise ClightConfigError(
+                    f"`scenario: task_incremental`: task {task.name!r} has one class ({labels[0]!r}), so its task-IL "
+                    "accuracy would be 1.0 whatever the model learns. Give every task at least two classes, or use "
+                    "`scenario: class_incremental`."
+                )
             resolved.append(Task(name=task.name, train=task.train, test=task.test, labels=labels,
                                  max_epochs=task.max_epochs, max_steps=task.max_steps))
         if self.scenario == "domain_incremental":
@@ -86,10 +100,13 @@ class TextClassificationStream(ContinualDataModule):
         self.task_classes = [[index[label] for label in t.labels] for t in resolved]
         return resolved
 
+    def tokenizer_texts(self, rows: list[dict[str, Any]], path: str) -> list[str]:
+        return text_column(rows, self.text_column, path=path, argument="data.text_column")
+
     def encode(self, rows: list[dict[str, Any]], task_index: int, *, path: str, split: str) -> list[Example]:
         task = self.tasks[task_index]
-        texts = [str(t) for t in column(rows, self.text_column, path=path, argument="data.text_column")]
-        labels = [str(v) for v in column(rows, self.label_column, path=path, argument="data.label_column")]
+        texts = [self.clip(t) for t in text_column(rows, self.text_column, path=path, argument="data.text_column")]
+        labels = label_column(rows, self.label_column, path=path, argument="data.label_column")
         allowed = set(task.labels)
         for i, label in enumerate(labels):
             if label not in allowed:

@@ -9,7 +9,7 @@ import torch
 
 from clight.datamodules.base import Example
 from clight.datamodules.causal_lm import CausalLMStream, pad_lm_batch
-from clight.datamodules.io import column
+from clight.datamodules.io import column, text_column
 from clight.errors import ClightConfigError
 from clight.heads.generation import left_pad
 from clight.task import Probe
@@ -89,14 +89,13 @@ class InstructionStream(CausalLMStream):
                                                   add_generation_prompt=True)
 
     def tokenizer_texts(self, rows: list[dict[str, Any]], path: str) -> list[str]:
-        prompts = column(rows, self.prompt_column, path=path, argument="data.prompt_column")
-        responses = column(rows, self.response_column, path=path, argument="data.response_column")
+        prompts, responses = self._pairs(rows, path)
         template = "{prompt}" if self.template == CHAT else self.template  # a trained tokenizer has no chat template
         return [template.format(prompt=p) + str(r) for p, r in zip(prompts, responses)]
 
     def _pairs(self, rows: list[dict[str, Any]], path: str) -> tuple[list[str], list[str]]:
-        prompts = [str(p) for p in column(rows, self.prompt_column, path=path, argument="data.prompt_column")]
-        responses = [str(r) for r in column(rows, self.response_column, path=path, argument="data.response_column")]
+        prompts = text_column(rows, self.prompt_column, path=path, argument="data.prompt_column")
+        responses = text_column(rows, self.response_column, path=path, argument="data.response_column")
         return prompts, responses
 
     def encode(self, rows: list[dict[str, Any]], task_index: int, *, path: str, split: str) -> list[Example]:
@@ -107,8 +106,8 @@ class InstructionStream(CausalLMStream):
         if not prompts:
             return []
         eos = self._eos()
-        p_ids = self.tokenizer([self.format_prompt(p) for p in prompts], add_special_tokens=False)["input_ids"]
-        r_ids = self.tokenizer(responses, add_special_tokens=False)["input_ids"]
+        p_ids = self.tokenizer([self.format_prompt(self.clip(p)) for p in prompts], add_special_tokens=False)["input_ids"]
+        r_ids = self.tokenizer([self.clip(r) for r in responses], add_special_tokens=False)["input_ids"]
         examples = []
         for prompt, response, p, r in zip(prompts, responses, p_ids, r_ids):
             ids = (p + r + [eos])[: self.max_length]
@@ -124,7 +123,7 @@ class InstructionStream(CausalLMStream):
             prompts, responses = self._pairs(rows, probe.file)
             return self._encode_pairs(prompts, responses, index)
         if probe.kind == "perplexity":
-            texts = [str(t) for t in column(rows, self.text_column, path=probe.file, argument=where)]
+            texts = [self.clip(t) for t in text_column(rows, self.text_column, path=probe.file, argument=where)]
             eos = self._eos()
             return [{"input_ids": (ids + [eos])[: self.max_length], "task": index}
                     for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
@@ -137,7 +136,8 @@ class InstructionStream(CausalLMStream):
             raise ClightConfigError(
                 f"`probes[{probe.name}]`: a multiple-choice row needs `choices` (a list of >= 2 strings) and `answer` "
                 f"(the index of the right one); got choices={choices!r}, answer={answer!r} in {probe.file!r}.")
-        context = self.tokenizer(self.format_prompt(str(row[self.prompt_column])), add_special_tokens=False)["input_ids"]
+        prompt = column([row], self.prompt_column, path=probe.file, argument=f"probes[{probe.name}]")[0]
+        context = self.tokenizer(self.format_prompt(str(prompt)), add_special_tokens=False)["input_ids"]
         options = self.tokenizer([str(c) for c in choices], add_special_tokens=False)["input_ids"]
         return {"context": context, "choices": options, "answer": answer, "task": index,
                 "choice_bytes": [len(str(c).encode()) for c in choices]}

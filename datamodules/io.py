@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,7 @@ def read_rows(path: str | Path, *, argument: str) -> list[dict[str, Any]]:
         if suffix in (".jsonl", ".json"):
             return _read_jsonl(path)
         if suffix == ".csv":
-            with path.open(newline="", encoding="utf-8") as fh:
-                return list(csv.DictReader(fh))
+            return _read_csv(path, argument)
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -48,6 +48,30 @@ def read_rows(path: str | Path, *, argument: str) -> list[dict[str, Any]]:
     raise ClightConfigError(
         f"`{argument}`: unsupported file type {suffix!r} for {str(path)!r}; use one of {', '.join(SUFFIXES)}."
     )
+
+
+def _read_csv(path: Path, argument: str) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        try:
+            for row in reader:
+                if None in row:  # more fields than the header has columns
+                    raise ClightConfigError(
+                        f"`{argument}`: {str(path)!r} line {reader.line_num} has more fields than the header has "
+                        f"columns ({len(reader.fieldnames or [])}); quote fields that contain commas."
+                    )
+                rows.append(row)
+        except csv.Error as err:
+            line = reader.reader.line_num  # the line being parsed (the DictReader's counts finished rows)
+            if "field larger than field limit" in str(err):
+                raise ClightConfigError(
+                    f"`{argument}`: {str(path)!r} line {line}: a field is longer than "
+                    f"{csv.field_size_limit():,} characters, usually an unclosed quote `\"` that runs into the "
+                    "rows after it. Fix the quoting, or keep long texts in a .jsonl or .parquet file."
+                ) from None
+            raise ClightConfigError(f"`{argument}`: {str(path)!r} line {line}: not valid CSV ({err}).") from None
+    return rows
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -71,14 +95,60 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def column(rows: list[dict[str, Any]], name: str, *, path: str, argument: str) -> list[Any]:
-    """Values of one column; a clear error when a row lacks it."""
+    """Values of one column; a clear error when a row lacks it or holds null there."""
     for i, row in enumerate(rows):
-        if name not in row or row[name] is None:
+        if name not in row:
             raise ClightConfigError(
-                f"{path!r} row {i + 1} has no column {name!r} (columns found: {sorted(row)}). "
+                f"{path!r} row {i + 1} has no column {name!r} (columns found: {sorted(map(str, row))}). "
                 f"Set `{argument}` to the right column name."
             )
+        if row[name] is None:
+            raise ClightConfigError(
+                f"{path!r} row {i + 1}: column {name!r} is empty (null). Fill it in or remove the row."
+            )
     return [row[name] for row in rows]
+
+
+def _kind(value: Any) -> str | None:
+    """What is wrong with a cell that should hold text (None: nothing)."""
+    if isinstance(value, dict):
+        return "a JSON object"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    if isinstance(value, str) and not value.strip():
+        return "an empty string" if not value else "only whitespace"
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        return f"a {type(value).__name__}"
+    return None
+
+
+def text_column(rows: list[dict[str, Any]], name: str, *, path: str, argument: str) -> list[str]:
+    """The text of one column: every cell a non-empty string (or a number), else a one-line error naming the row
+    (an empty cell or a JSON object would otherwise train as ``""`` or ``"{'a': 1}"``)."""
+    values = column(rows, name, path=path, argument=argument)
+    for i, value in enumerate(values):
+        wrong = _kind(value)
+        if wrong is not None:
+            raise ClightConfigError(
+                f"{path!r} row {i + 1}: column {name!r} holds {wrong}, not text; every {name!r} cell must be a "
+                "non-empty string. Fix the row or remove it."
+            )
+    return [str(v) for v in values]
+
+
+def label_column(rows: list[dict[str, Any]], name: str, *, path: str, argument: str) -> list[str]:
+    """The labels of one column, as strings: every cell a string, a number or a boolean."""
+    values = column(rows, name, path=path, argument=argument)
+    for i, value in enumerate(values):
+        wrong = None if isinstance(value, bool) else _kind(value)
+        if wrong is not None:
+            raise ClightConfigError(
+                f"{path!r} row {i + 1}: column {name!r} holds {wrong}, not a label; a label is a string or an "
+                "integer. Fix the row or remove it."
+            )
+    return [str(v) for v in values]
 
 
 def stream_fingerprint(tasks: Sequence[Any], train: Sequence[Sequence[dict[str, Any]]],
