@@ -189,13 +189,13 @@ class MidTaskCheckpoint(Checkpoint):
 
     def save(self, trainer: pl.Trainer) -> None:
         if not is_sharded(trainer.strategy):
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the whole state: a resume continues from it
             return
         tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
         if trainer.is_global_zero:
             remove_path(tmp)
         trainer.strategy.barrier("clight_mid_task_checkpoint_tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)
         if trainer.is_global_zero:
             old = self.path.with_name(self.path.name + ".old")
             remove_path(old)

@@ -334,23 +334,21 @@ class StreamRunner:
     def _check_same_run(self, datamodule: ContinualDataModule, stream: Any, run: Mapping[str, Any] | None,
                         path: Path) -> None:
         """Refuse a checkpoint of another stream or of a run with other settings, naming every difference."""
+        problems = []
         expected = datamodule.fingerprint()
         if stream != expected:
             stream = stream or {}
             diff = [k for k in expected if stream.get(k) != expected[k]]
-            raise ClightConfigError(
-                f"`--stream.resume`: {str(path)!r} was written for a different stream (differs in {diff}: "
-                f"checkpoint tasks {stream.get('tasks')}, config tasks {expected['tasks']}). Resume "
-                "with the original data and task list, or start a new `stream.run_dir`."
-            )
-        if run is None:  # written before clight stored run fingerprints
-            return
-        lines = differences(run, self.fingerprint)
+            problems.append(f"was written for a different stream (differs in {diff}: checkpoint tasks "
+                            f"{stream.get('tasks')}, config tasks {expected['tasks']})")
+        lines = differences(run, self.fingerprint) if run is not None else []  # None: written before clight kept it
         if lines:
+            problems.append(f"was made with other settings: {describe_differences(lines)}")
+        if problems:
             raise ClightConfigError(
-                f"`--stream.resume`: the run in {str(self.run_dir)!r} was made with other settings: "
-                f"{describe_differences(lines)}. Resume with the settings it was made with (its {CONFIG}), or start "
-                "afresh with `--stream.overwrite true` or a new `--stream.run_dir`."
+                f"`--stream.resume`: {str(path)!r} {' and '.join(problems)}. Resume with the data and settings of the "
+                f"original run (its {CONFIG}), or start afresh with `--stream.overwrite true` or a new "
+                "`--stream.run_dir`."
             )
 
     def _finished(self, n: int) -> dict[str, Any]:

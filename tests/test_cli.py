@@ -107,6 +107,23 @@ def test_two_process_cpu_fsdp2_run_of_the_cli_with_a_callback(tmp_path: Path) ->
     assert bad.returncode == 2 and "tensor_parallel_size: 1" in bad.stderr
 
 
+def test_the_command_sets_the_offline_default_before_any_hugging_face_import() -> None:
+    # `import clight.commands` imports no Hugging Face library, so `main` sets HF_HUB_OFFLINE before huggingface_hub
+    # reads it (at its import: set later, it has no effect)
+    script = (
+        "import sys, clight.commands as c\n"
+        "early = sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'huggingface_hub', 'peft'))\n"
+        f"sys.argv = ['clight', 'fit', '-c', {str(TINY)!r}, '--print_config']\n"
+        "try:\n    c.main()\nexcept SystemExit:\n    pass\n"
+        "import huggingface_hub.constants as k\n"
+        "print('RESULT', early, k.HF_HUB_OFFLINE, 'transformers' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "LOCAL_RANK")}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert "RESULT [] True True" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
 def test_every_task_gets_the_users_callbacks_and_short_names_resolve() -> None:
     from clight.cli import ContinualCLI
 
