@@ -27,8 +27,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from clight.errors import ClightConfigError
 from clight.fingerprint import config_fingerprint
 from clight.module import ContinualModule
+from clight.options import StreamOptions, check_callbacks, check_trainer_kwargs
 from clight.run_folder import check_run_dir
-from clight.runner import StreamOptions, StreamRunner, check_callbacks, check_trainer_kwargs
+from clight.runner import StreamRunner
 
 
 class _QuietTrainerBanner(logging.Filter):

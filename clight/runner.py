@@ -4,157 +4,46 @@ checkpoint after every task, the task x task result matrix at the end."""
 from __future__ import annotations
 
 import copy
-import json
-import os
 import shutil
-import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import Callback, Checkpoint, ProgressBar
 from lightning.pytorch.strategies import Strategy
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from clight.callback import ContinualCallback, is_sharded
 from clight.checkpoint import (
     MID_TASK_CHECKPOINT,
-    STREAM_CHECKPOINT,
-    TMP_SUFFIX,
     AtomicCheckpointIO,
     MidTaskCheckpoint,
-    UnreadableCheckpoint,
-    callback_key,
     callback_states,
-    load_module_state,
     module_checkpoint_state,
-    read_mid_task_fingerprint,
-    read_stream_checkpoint,
-    remove_path,
-    restore_callbacks,
     write_stream_checkpoint,
 )
 from clight.datamodules.base import ContinualDataModule
 from clight.errors import ClightConfigError
-from clight.fingerprint import describe_differences, differences, runner_fingerprint
+from clight.fingerprint import runner_fingerprint
+from clight.options import StreamOptions, check_callbacks, check_trainer_kwargs
 from clight.progress import TaskProgressBar
 from clight.results import build_results, samples_markdown, stage_metrics, write_results
+from clight.resume import ResumeMixin
 from clight.run_folder import (
     CHECKPOINTS,
-    CONFIG,
     RESULTS,
-    TENSORBOARD,
     check_run_dir,
-    mid_task_checkpoints,
-    remove_run,
 )
 from clight.state import StreamState
-from clight.stream import prepare_stream, probe_metrics, stream_metrics
+from clight.stream import prepare_stream
 from clight.tb import StreamTensorBoardLogger
 from clight.timing import StepTimer
 
 
-@dataclass
-class StreamOptions:
-    """Options of a stream run (the ``stream:`` section of a config).
-
-    Args:
-        run_dir: where results, TensorBoard events and checkpoints go.
-        resume: continue the run in ``run_dir`` at the task (and mid-task step) where it stopped; refused when any
-            setting that shapes the result differs from the run's (each difference named), or when there is
-            nothing to resume. A finished run is reported and left as it is.
-        overwrite: replace the run in ``run_dir``: its files are removed once the new run has passed every check,
-            just before it starts, so a run that fails its checks loses nothing and two runs never mix.
-        eval_initial: evaluate every task before training (the baseline row needed for forward transfer).
-        checkpoint_every_n_steps: mid-task checkpoint interval in optimizer steps (0 disables; then a killed task
-            restarts from its beginning).
-        keep_task_checkpoints: keep each finished task's mid-task checkpoint instead of deleting it.
-    """
-
-    run_dir: str = "runs/clight"
-    resume: bool = False
-    overwrite: bool = False
-    eval_initial: bool = True
-    checkpoint_every_n_steps: int = 50
-    keep_task_checkpoints: bool = False
-
-
-def _available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _cpu_processes(kwargs: Mapping[str, Any]) -> int | None:
-    """How many CPU processes the trainer arguments start (None: not a CPU run, or not a count clight reads)."""
-    accelerator = kwargs.get("accelerator") or "auto"
-    if not isinstance(accelerator, str):
-        return None
-    accelerator = accelerator.lower()
-    gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
-    if accelerator in ("gpu", "cuda", "mps") and not gpu:
-        raise ClightConfigError(
-            f"`trainer.accelerator` is {accelerator!r}, but this machine has no usable GPU "
-            f"(`torch.cuda.is_available()` is False, torch {torch.__version__}). Use `--trainer.accelerator cpu` "
-            "(or `auto`), or run on a machine with a GPU."
-        )
-    if accelerator != "cpu" and not (accelerator == "auto" and not gpu):
-        return None
-    devices = kwargs.get("devices", "auto")
-    if isinstance(devices, bool):
-        return None
-    if isinstance(devices, int):
-        return devices
-    if isinstance(devices, str) and devices.strip().isdigit():
-        return int(devices)
-    if isinstance(devices, (list, tuple)):
-        return len(devices)
-    return None
-
-
-def check_trainer_kwargs(kwargs: Mapping[str, Any]) -> None:
-    """Refuse, in one line, trainer arguments that would train nothing, or start more CPU processes than cores."""
-    for key in ("max_steps", "max_epochs", "limit_train_batches"):
-        value = kwargs.get(key)
-        if value is not None and not isinstance(value, bool) and value == 0:
-            raise ClightConfigError(
-                f"`trainer.{key}` is 0, so no task would train and every row of the results would be the untrained "
-                f"model's. Give a positive budget (e.g. `--trainer.{key} 1`), or leave it out."
-            )
-    processes, cores = _cpu_processes(kwargs), _available_cores()
-    if processes is not None and processes > cores:
-        raise ClightConfigError(
-            f"`trainer.devices` asks for {processes} CPU processes, but this machine gives clight {cores} cores: the "
-            f"processes would share cores and run slower than {cores} would. Use `--trainer.devices {cores}` or fewer."
-        )
-
-
-def check_callbacks(callbacks: Sequence[Callback]) -> None:
-    """Refuse two stateful callbacks under one state key (their checkpoints would overwrite each other)."""
-    seen: dict[str, Callback] = {}
-    for cb in callbacks:
-        if not (isinstance(cb, ContinualCallback) or is_overridden("state_dict", cb, Callback)):
-            continue
-        key = callback_key(cb)
-        if key in seen:
-            raise ClightConfigError(
-                f"`trainer.callbacks`: {type(cb).__name__} is listed twice with the same state key {key!r}, so their "
-                "states would overwrite each other in every checkpoint. List each technique once, or give the "
-                "second one different arguments."
-            )
-        seen[key] = cb
-
-
-def _warn(message: str) -> None:
-    if rank_zero_only.rank == 0:
-        print(f"clight: warning: {message}", file=sys.stderr, flush=True)
-
-
-class StreamRunner:
+class StreamRunner(ResumeMixin):
     """Train a :class:`~clight.module.ContinualModule` on every task of a continual datamodule in turn.
 
     Args:
@@ -281,112 +170,6 @@ class StreamRunner:
         trainer = pl.Trainer(**kwargs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False)
         return int(trainer.world_size)
-
-    def _initial_state(self, module: pl.LightningModule, datamodule: ContinualDataModule) -> StreamState:
-        """A fresh state, or on resume the state of the stream checkpoint (its fingerprints checked, its weights and
-        callback states loaded) and the checked mid-task checkpoint of the task to continue. Writes nothing."""
-        state = StreamState.fresh(datamodule.task_names, stream_metrics(module, datamodule), datamodule.probe_names,
-                                  probe_metrics(module, datamodule))
-        self._resume_from = None
-        if not self.options.resume:
-            return state
-        path = self.run_dir / STREAM_CHECKPOINT
-        if path.exists():  # else: a mid-task checkpoint of the first task (`check_run_dir` saw one)
-            saved = read_stream_checkpoint(path)
-            self._check_same_run(datamodule, saved.get("stream"), saved.get("run"), path)
-            dropped = sorted(set(saved["callbacks"]) - {callback_key(cb) for cb in self.continual_callbacks})
-            if dropped:
-                raise ClightConfigError(
-                    f"`--stream.resume`: the run in {str(self.run_dir)!r} trained with the callbacks {dropped}, which "
-                    "this config drops. Resume with the callbacks of the original run, or start afresh with "
-                    "`--stream.overwrite true` or a new `--stream.run_dir`."
-                )
-            load_module_state(module, saved["module"], saved.get("module_base"))
-            restore_callbacks(saved, self.continual_callbacks)
-            state.load_state_dict(saved["state"])
-        if state.completed < len(datamodule.stage_names):
-            self._resume_from = self._mid_task_checkpoint(datamodule, state.completed, after_finished=path.exists())
-        return state
-
-    def _mid_task_checkpoint(self, datamodule: ContinualDataModule, stage: int, *, after_finished: bool
-                             ) -> Path | None:
-        """The mid-task checkpoint to continue ``stage`` from, checked: an unreadable one is set aside (the task
-        restarts from the end of the last finished one), one of another run is refused."""
-        name = datamodule.stage_names[stage]
-        path = self.run_dir / CHECKPOINTS / name / MID_TASK_CHECKPOINT
-        if not path.exists():
-            return None
-        try:
-            carried = read_mid_task_fingerprint(path)
-        except UnreadableCheckpoint as err:
-            start = "the end of the last finished task (stream.pt)" if after_finished else "the beginning of the stream"
-            _warn(f"the mid-task checkpoint {err}; task {name!r} restarts from {start}. It is kept as "
-                  f"{path.name}.unreadable.")
-            if rank_zero_only.rank == 0:
-                aside = path.with_name(path.name + ".unreadable")
-                remove_path(aside)
-                os.replace(path, aside)
-            return None
-        if carried:
-            self._check_same_run(datamodule, carried.get("stream"), carried.get("run"), path)
-        return path
-
-    def _check_same_run(self, datamodule: ContinualDataModule, stream: Any, run: Mapping[str, Any] | None,
-                        path: Path) -> None:
-        """Refuse a checkpoint of another stream or of a run with other settings, naming every difference."""
-        problems = []
-        expected = datamodule.fingerprint()
-        if stream != expected:
-            stream = stream or {}
-            diff = [k for k in expected if stream.get(k) != expected[k]]
-            problems.append(f"was written for a different stream (differs in {diff}: checkpoint tasks "
-                            f"{stream.get('tasks')}, config tasks {expected['tasks']})")
-        lines = differences(run, self.fingerprint) if run is not None else []  # None: written before clight kept it
-        if lines:
-            problems.append(f"was made with other settings: {describe_differences(lines)}")
-        if problems:
-            raise ClightConfigError(
-                f"`--stream.resume`: {str(path)!r} {' and '.join(problems)}. Resume with the data and settings of the "
-                f"original run (its {CONFIG}), or start afresh with `--stream.overwrite true` or a new "
-                "`--stream.run_dir`."
-            )
-
-    def _finished(self, n: int) -> dict[str, Any]:
-        """A resumed run that had already finished: reported, nothing written."""
-        path = self.run_dir / RESULTS
-        if rank_zero_only.rank == 0:
-            print(f"clight: the run in {str(self.run_dir)!r} already finished its {n} task{'s' * (n != 1)}: nothing to "
-                  f"resume, nothing changed ({path}).", flush=True)
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def _start_folder(self) -> list[Path]:
-        """Rank 0, once every check has passed: remove the run that ``overwrite`` replaces, or a resumed run's
-        partial writes; return what this run will create (removed again if it fails before its first
-        checkpoint)."""
-        if self.options.overwrite and not self.options.resume:
-            remove_run(self.run_dir)
-        if self.options.resume:
-            remove_path(self.run_dir / (STREAM_CHECKPOINT + TMP_SUFFIX))
-            for tmp in (self.run_dir / CHECKPOINTS).glob(f"*/{MID_TASK_CHECKPOINT}{TMP_SUFFIX}"):
-                remove_path(tmp)
-        paths = [self.run_dir, self.run_dir / CONFIG, self.run_dir / TENSORBOARD, self.run_dir / CHECKPOINTS]
-        return [p for p in paths if not p.exists()]
-
-    def _discard(self, created: list[Path]) -> None:
-        """After a failure: remove what this run created, unless a checkpoint to resume from exists."""
-        if (self.run_dir / STREAM_CHECKPOINT).exists() or mid_task_checkpoints(self.run_dir):
-            return
-        for path in reversed(created):
-            if path == self.run_dir:
-                try:
-                    path.rmdir()  # only if empty: anything else in it is not this run's
-                except OSError:
-                    pass
-            else:
-                remove_path(path)
 
     # ---- one task -----------------------------------------------------------------------------------------
     def _trainer(self, *, label: str, extra: list[Callback], budget: Any = None) -> pl.Trainer:

@@ -38,7 +38,7 @@ def test_an_instruction_stream_reports_generation_metrics_probes_and_samples(tmp
     assert set(probes["retention"]) == {"word-meaning", "prose-ppl"}
     ppl = probes["retention"]["prose-ppl"]["ppl"]
     assert ppl["retention"] == pytest.approx(ppl["initial"] / ppl["final"])  # lower is better: initial / final
-    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    acc = EventAccumulator(str(tmp_path / "tensorboard" / tmp_path.name), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     scalars, texts = set(acc.Tags()["scalars"]), set(acc.Tags()["tensors"])
     assert {"eval/word-meaning/mc_acc", "eval/prose-ppl/ppl", "stream/retention/word-meaning/mc_acc",

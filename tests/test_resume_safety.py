@@ -244,7 +244,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_passed_its_checks_then_re
     assert fit(run, "--trainer.max_steps", "1", "--trainer.enable_progress_bar", "false") == 0
     (run / "matrix_old_metric.png").write_bytes(b"an older run's heatmap")
     before = snapshot(run)
-    old_events = {p.name for p in (run / "tensorboard").glob("events.*")}
+    old_events = {p.name for p in (run / "tensorboard").rglob("events.*")}
     # a failed start (a bad input found after the model and the data were read) loses nothing
     assert fit(run, "--stream.overwrite", "true", "--trainer.max_steps", "1", "--model.optimizer", "torch.optim.AdamW",
                "--model.optimizer.lr", "0") == 2
@@ -252,7 +252,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_passed_its_checks_then_re
     assert fit(run, "--stream.overwrite", "true", "--trainer.max_steps", "2", "--trainer.enable_progress_bar",
                "false") == 0
     assert not (run / "matrix_old_metric.png").exists()
-    new_events = {p.name for p in (run / "tensorboard").glob("events.*")}
+    new_events = {p.name for p in (run / "tensorboard").rglob("events.*")}
     assert new_events and not new_events & old_events  # the old run's events are gone, not mixed with the new
     stages = json.loads((run / "results.json").read_text())["timing"]["stages"]
     assert [s["optimizer_steps"] for s in stages] == [2, 2]

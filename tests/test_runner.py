@@ -31,7 +31,7 @@ def test_classification_stream_writes_results_heatmap_and_tensorboard(tmp_path: 
     assert [s["optimizer_steps"] for s in stages] == [3, 3]
     assert all(s["train_seconds"] > 0 and s["eval_seconds"] > 0 for s in stages)
     # TensorBoard: train loss on one monotonic step axis across tasks, eval metrics per task, matrix image.
-    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    acc = EventAccumulator(str(tmp_path / "tensorboard" / tmp_path.name), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     tags = acc.Tags()
     steps = [e.step for e in acc.Scalars("train/loss")]
@@ -54,7 +54,7 @@ class _AddTerm(ContinualCallback):
 
 def test_loss_terms_are_logged_under_their_names(tmp_path: Path) -> None:
     run_stream(tmp_path, [_AddTerm()], max_steps=2)
-    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(tmp_path / "tensorboard" / tmp_path.name), size_guidance={"scalars": 0})
     acc.Reload()
     assert {"train/loss", "train/loss_task", "train/loss_l2_probe"} <= set(acc.Tags()["scalars"])
 
