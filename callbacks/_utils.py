@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from clight.contracts import HasOutputHead
@@ -34,28 +35,64 @@ def trainable_parameters(pl_module: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in pl_module.named_parameters() if p.requires_grad}
 
 
-def output_head(pl_module: nn.Module) -> nn.Module | None:
-    """The module's output head, as its ``output_head()`` declares it (:class:`~clight.contracts.HasOutputHead`);
-    ``None`` for a module that declares none."""
+def output_head(pl_module: nn.Module, head: str | None = None) -> nn.Module | None:
+    """The module's output head: the submodule named ``head`` (a callback's ``head`` argument) when given, else
+    what the module's ``output_head()`` declares (:class:`~clight.contracts.HasOutputHead`); ``None`` for a module
+    that declares none. The head is never guessed from attribute names."""
+    if head is not None:
+        return resolve_head(pl_module, head)
     return pl_module.output_head() if isinstance(pl_module, HasOutputHead) else None
 
 
-def head_parameters(pl_module: nn.Module) -> dict[str, nn.Parameter]:
+def resolve_head(pl_module: nn.Module, head: str) -> nn.Module:
+    """The submodule ``head`` (a dotted name) of ``pl_module``; a name that is none raises
+    :class:`ClightConfigError` naming the module's top-level submodules."""
+    try:
+        return pl_module.get_submodule(head)
+    except AttributeError:
+        children = [n for n, _ in pl_module.named_children()]
+        raise ClightConfigError(
+            f"`head` must name a submodule of `{type(pl_module).__name__}` (its output layer), got {head!r}; its "
+            f"top-level submodules are {children}. Give the dotted name (e.g. `head: classifier`), or leave `head` "
+            "empty and declare `output_head()` on the module."
+        ) from None
+
+
+def head_parameters(pl_module: nn.Module, head: str | None = None) -> dict[str, nn.Parameter]:
     """The output head's parameters by their names in ``pl_module``; empty without a head."""
-    head = output_head(pl_module)
-    ids = {id(p) for p in head.parameters()} if head is not None else set()
+    module = output_head(pl_module, head)
+    ids = {id(p) for p in module.parameters()} if module is not None else set()
     return {n: p for n, p in pl_module.named_parameters() if id(p) in ids}
 
 
-def head_parameter_names(pl_module: nn.Module) -> set[str]:
+def head_parameter_names(pl_module: nn.Module, head: str | None = None) -> set[str]:
     """Normalized names (:func:`~clight.functional.masking.normalize_name`) of the output head's parameters."""
-    return {normalize_name(n) for n in head_parameters(pl_module)}
+    return {normalize_name(n) for n in head_parameters(pl_module, head)}
 
 
-def head_rows(pl_module: nn.Module) -> dict[str, int]:
+def head_rows(pl_module: nn.Module, head: str | None = None) -> dict[str, int]:
     """The names of a linear output head's parameters mapped to their class dimension (0: one row per class);
     empty for a module whose head is not an ``nn.Linear``."""
-    return {n: 0 for n in head_parameters(pl_module)} if isinstance(output_head(pl_module), nn.Linear) else {}
+    linear = isinstance(output_head(pl_module, head), nn.Linear)
+    return {n: 0 for n in head_parameters(pl_module, head)} if linear else {}
+
+
+def check_head_arg(head: str | None) -> None:
+    """Validate a callback's ``head`` argument in ``__init__`` (its submodule is checked in ``setup``)."""
+    check_arg(head is None or (isinstance(head, str) and head.strip() != ""), "head",
+              "empty or the dotted name of the output layer's submodule", head,
+              "E.g. `head: classifier`; leave it empty to use the module's `output_head()`.")
+
+
+def check_head(pl_module: nn.Module, head: str | None, who: str) -> None:
+    """In ``setup``: resolve a ``head`` argument (a bad name raises), or warn once when a module declares no head
+    at all, so that a classifier is not silently frozen or masked like any other layer."""
+    if head is not None:
+        resolve_head(pl_module, head)
+    elif not isinstance(pl_module, HasOutputHead):
+        rank_zero_warn(f"`{who}`: `{type(pl_module).__name__}` declares no output head, so its classifier (if any) "
+                       "is treated like every other layer. Declare `output_head()` on the module or give "
+                       "`head: <submodule name>`.")
 
 
 @contextmanager

@@ -3,7 +3,9 @@ speaks ``peft``."""
 
 from __future__ import annotations
 
+import copy
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -15,9 +17,22 @@ from clight.errors import ClightConfigError
 
 
 class AdapterMixin:
-    """Adapter API of :class:`~clight.module.ContinualModule` (a LightningModule with ``backbone``, ``peft_config``,
-    ``head`` and the ``_pristine``/``_modified`` sets it initialises): build the peft config, add, delete, activate
-    and train named LoRA adapters, and write checkpoints without the frozen base tensors."""
+    """Named LoRA adapters of a LightningModule that holds a ``peft.PeftModel``: add, delete, activate, train and
+    merge them (what the LoRA callbacks need, :class:`clight.contracts.AdapterModel`).
+
+    Any LightningModule gets it by listing the mixin first; the module's first ``peft.PeftModel`` submodule is the
+    one managed, and a new adapter is configured like its first adapter (override :meth:`new_adapter_config` for
+    another config)::
+
+        class MyModule(AdapterMixin, pl.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.encoder = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["query", "value"]))
+
+    :class:`~clight.module.ContinualModule` uses it too, with its own parts: the config built from ``model.peft``
+    and adapter-only checkpoints without the frozen base tensors (``backbone``, ``peft_config``, ``head`` and the
+    ``_pristine``/``_modified`` sets it initialises).
+    """
 
     backbone: nn.Module | None
     peft_config: Any
@@ -48,9 +63,15 @@ class AdapterMixin:
     # ---- peft adapters (LoRA): named adapters, which ones apply and which train ------------------------------
     @property
     def peft_model(self) -> Any:
-        """The ``peft.PeftModel`` backbone (unwrapped from ``torch.compile``), or ``None`` without ``peft``."""
-        backbone = getattr(self.backbone, "_orig_mod", self.backbone)
-        return backbone if self.peft_config and backbone is not None else None
+        """The module's first ``peft.PeftModel`` submodule (inside a ``torch.compile`` wrapper too), or ``None``."""
+        peft = sys.modules.get("peft")  # a module holds no PeftModel until peft has been imported
+        if peft is None:
+            return None
+        return next((m for m in self.modules() if isinstance(m, peft.PeftModel)), None)  # type: ignore[attr-defined]
+
+    def new_adapter_config(self) -> Any:
+        """The peft config of a new adapter (:meth:`add_adapter`): a copy of the first adapter's."""
+        return copy.deepcopy(next(iter(self._require_peft("add_adapter").peft_config.values())))
 
     def lora_layers(self) -> list[nn.Module]:
         """The backbone's LoRA-wrapped layers (``peft.tuners.lora.LoraLayer``), in module order."""
@@ -82,7 +103,7 @@ class AdapterMixin:
         if name in peft_model.peft_config:
             raise ValueError(f"adapter {name!r} already exists (adapters: {self.adapter_names}).")
         with self._keep_requires_grad():
-            peft_model.add_adapter(name, self._new_peft_config())
+            peft_model.add_adapter(name, self.new_adapter_config())
 
     def delete_adapter(self, name: str) -> None:
         """Remove adapter ``name`` (if it was active, the remaining active ones stay active)."""
@@ -110,13 +131,15 @@ class AdapterMixin:
     def mark_base_modified(self, names: Iterable[str]) -> None:
         """Declare that the frozen base tensors ``names`` (parameter or state-dict names of this module) were
         changed in place, e.g. by merging an adapter into them: adapter-only checkpoints then store them."""
-        self._modified.update(_plain_key(n) for n in names)
+        self.__dict__.setdefault("_modified", set()).update(_plain_key(n) for n in names)
 
     def _require_peft(self, what: str) -> Any:
-        if self.peft_model is None:
-            raise ClightConfigError(f"`{what}` needs a peft backbone: add `model.peft: {{r: 8, target_modules: "
-                                    "[query, value]}` to the config (or build the module with `peft=`).")
-        return self.peft_model
+        peft_model = self.peft_model
+        if peft_model is None:
+            raise ClightConfigError(f"`{what}` needs a peft model: add `model.peft: {{r: 8, target_modules: [query, "
+                                    "value]}` to the config (or build the module with `peft=`); a module of your own "
+                                    "holds one from `peft.get_peft_model` (docs/reuse.md).")
+        return peft_model
 
     @contextmanager
     def _keep_requires_grad(self, *, adapters: bool = True) -> Iterator[None]:

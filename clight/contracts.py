@@ -3,7 +3,7 @@
 A callback lists the protocols it relies on in ``module_contracts`` / ``stream_contracts``;
 :class:`~clight.callback.ContinualCallback` checks them once in ``setup``, before any training, and names what is
 missing. :class:`~clight.module.ContinualModule` and clight's datamodules satisfy all of them; a foreign
-LightningModule or datamodule satisfies the ones its techniques list (the README shows the smallest adapters).
+LightningModule or datamodule satisfies the ones its techniques list (docs/reuse.md shows the smallest adapters).
 """
 
 from __future__ import annotations
@@ -66,8 +66,14 @@ class LabelSampler(Protocol):
 
 @runtime_checkable
 class AdapterModel(Protocol):
-    """A module holding a peft LoRA model whose named adapters can be added, switched and merged (what
-    :class:`~clight.adapters.AdapterMixin` provides)."""
+    """A module holding a ``peft.PeftModel`` whose named LoRA adapters can be added, switched and merged: what
+    :class:`~clight.adapters.AdapterMixin` provides to any LightningModule that holds one (subclass it first:
+    ``class MyModule(AdapterMixin, pl.LightningModule)``)."""
+
+    peft_model: Any
+    adapter_names: list[str]
+    active_adapters: list[str]
+    trainable_adapters: list[str]
 
     def lora_layers(self) -> list[nn.Module]: ...
 
@@ -78,6 +84,14 @@ class AdapterModel(Protocol):
     def use_adapters(self, active: Sequence[str], trainable: Sequence[str] = ()) -> None: ...
 
     def mark_base_modified(self, names: Sequence[str]) -> None: ...
+
+
+@runtime_checkable
+class HasFeatureBlocks(Protocol):
+    """A module that names the blocks whose outputs feature distillation matches (for a model that is not a
+    Hugging Face transformer, e.g. ``[self.net[1], self.net[3]]`` of an MLP)."""
+
+    def feature_blocks(self) -> Sequence[nn.Module]: ...
 
 
 @runtime_checkable
@@ -92,7 +106,9 @@ class TextGenerator(Protocol):
 @runtime_checkable
 class ExampleStream(Protocol):
     """A datamodule that exposes every task's training examples and batches a list of them (rehearsal
-    memories, importance estimates and the weight-space selection read these)."""
+    memories, importance estimates and the weight-space selection read these). Optional: without it those
+    techniques keep rows of the training batches instead (:mod:`clight.callbacks._rows`); a datamodule with only
+    one of the two members is refused."""
 
     train_examples: list[list[dict[str, Any]]]
 
@@ -129,6 +145,16 @@ def require(obj: Any, protocol: type, *, who: str, role: str, fix: str) -> None:
             f"`{who}` needs a {role} that provides {lacks} (`clight.contracts.{protocol.__name__}`), which "
             f"`{type(obj).__name__}` lacks. {fix}"
         )
+
+
+def optional(obj: Any, protocol: type, *, who: str, role: str, fix: str) -> bool:
+    """Whether ``obj`` provides ``protocol`` (a technique with another path when it does not); an ``obj`` that
+    provides only some of its members raises :class:`ClightConfigError` naming the missing ones, as
+    :func:`require` does, instead of silently taking the other path."""
+    lacks = missing(obj, protocol)
+    if lacks and len(lacks) < len(members(protocol)):
+        require(obj, protocol, who=who, role=role, fix=fix)
+    return not lacks
 
 
 @runtime_checkable

@@ -14,12 +14,14 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from clight.adapters import AdapterMixin
+from clight.backbone import from_config, hf_config, load_pretrained
 from clight.callback import add_loss_terms, is_sharded
 from clight.errors import ClightConfigError
 from clight.heads import TaskHead, make_head
 from clight.heads.classification import mean_pool
 from clight.heads.generation import greedy_generate
-from clight.hub import check_model_type, position_limit, resolve_model_folder
+from clight.hub import position_limit, resolve_model_folder
+from clight.optim import check_optimizer
 from clight.rng import capture_rng_states, restore_rng_state
 from clight.sharding import shard_module
 
@@ -123,23 +125,16 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
         """The classification layer (``None`` for a causal LM, whose LM head is part of the backbone)."""
         return self.head.output_layer()
 
-    def _build_backbone(self, vocab_size: int | None) -> None:
-        import transformers
+    def new_adapter_config(self) -> Any:
+        """A new LoRA adapter's peft config: ``peft`` as given (:meth:`~clight.adapters.AdapterMixin.add_adapter`)."""
+        return self._new_peft_config()
 
-        auto = getattr(transformers, self.head.auto_class)
+    def _build_backbone(self, vocab_size: int | None) -> None:
+        auto_class = self.head.auto_class
         if self.model_path is not None:
-            try:
-                backbone = auto.from_pretrained(self.model_path, attn_implementation=self._attn)
-            except Exception as err:  # transformers raises OSError, ValueError, KeyError, SafetensorError, ...
-                reason = " ".join(str(err).split())[:200] or type(err).__name__
-                raise ClightConfigError(
-                    f"`model`: cannot load the model in {str(self.model_path)!r} ({type(err).__name__}: {reason}). "
-                    "Check the folder: config.json and complete weight files, as `save_pretrained` writes them."
-                ) from err
+            backbone = load_pretrained(auto_class, self.model_path, attn_implementation=self._attn)
         else:
-            hf_config = self._hf_config(vocab_size)
-            hf_config._attn_implementation = self._attn
-            backbone = auto.from_config(hf_config)
+            backbone = from_config(auto_class, self._hf_config(vocab_size), attn_implementation=self._attn)
         self.head.prepare_backbone(backbone)
         if self.peft_config:
             backbone = self._apply_peft(backbone)
@@ -152,17 +147,7 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
 
     def _hf_config(self, vocab_size: int | None = None) -> Any:
         """The ``transformers`` config that ``config`` describes (``vocab_size`` filled in if it has none)."""
-        from transformers import AutoConfig
-
-        cfg = dict(self._config or {})
-        if vocab_size is not None:
-            cfg.setdefault("vocab_size", vocab_size)
-        model_type = cfg.pop("model_type")
-        check_model_type(model_type, where="`config.model_type`")
-        try:
-            return AutoConfig.for_model(model_type, **cfg)
-        except (ValueError, TypeError) as err:
-            raise ClightConfigError(f"`config`: {' '.join(str(err).split())[:300]}") from err
+        return hf_config(self._config, vocab_size)
 
     @property
     def position_limit(self) -> tuple[int, str] | None:
@@ -170,31 +155,9 @@ class ContinualModule(AdapterMixin, pl.LightningModule):
         return position_limit(self.backbone.config if self.backbone is not None else self._hf_config())
 
     def check_optimizer(self) -> torch.optim.Optimizer | None:
-        """Build the optimizer once over the trainable parameters, so that bad arguments (a learning rate <= 0
-        included, which torch accepts at 0) are refused before anything trains; returns it, or None when it can
-        only be built on the training device (the trainer builds it there)."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        if not params:
-            return None
-        if self.optimizer_factory is None:
-            return torch.optim.AdamW(params, lr=5e-5, weight_decay=0.01)
-        try:
-            optimizer = self.optimizer_factory(params)
-        except (ValueError, TypeError) as err:
-            raise ClightConfigError(
-                f"`model.optimizer`: the optimizer refuses its arguments ({' '.join(str(err).split())[:200]}); fix "
-                "`model.optimizer.init_args`."
-            ) from err
-        except Exception:  # e.g. an optimizer that needs its parameters on the GPU
-            return None
-        for group in optimizer.param_groups:
-            lr = group.get("lr")
-            if isinstance(lr, (int, float, Tensor)) and not float(lr) > 0:
-                raise ClightConfigError(
-                    f"`model.optimizer.init_args.lr` must be > 0, got {float(lr)}: the weights would not move (or move "
-                    "uphill). Give a positive learning rate, e.g. `--model.optimizer.init_args.lr 5e-5`."
-                )
-        return optimizer
+        """Build the optimizer once over the trainable parameters, so that bad arguments are refused before
+        anything trains (:func:`clight.optim.check_optimizer`); None when it can only be built on the device."""
+        return check_optimizer(self.optimizer_factory, [p for p in self.parameters() if p.requires_grad])
 
     def configure_stream(
         self,

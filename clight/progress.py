@@ -1,4 +1,5 @@
-"""Progress bar that names the task: ``task 2/5 · wordnet-artifacts · epoch 1``."""
+"""Progress bar that names the task: ``task 2/5 · wordnet-artifacts · epoch 1``, and while it evaluates, the task or
+probe it evaluates: ``eval after task 2/5 · wordnet-artifacts: wordnet-verbs``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 class TaskProgressBar(TQDMProgressBar):
     """TQDM progress bar whose training description names the task of the stream."""
 
-    def __init__(self, task_label: str, refresh_rate: int = 1) -> None:
+    def __init__(self, task_label: str, refresh_rate: int = 1, eval_names: list[str] | None = None) -> None:
         super().__init__(refresh_rate=refresh_rate)
         self.task_label = task_label
+        self.eval_names = list(eval_names or [])
 
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: object) -> None:
         super().on_train_epoch_start(trainer, *args)
@@ -21,3 +23,11 @@ class TaskProgressBar(TQDMProgressBar):
         bar = super().init_validation_tqdm()
         bar.set_description(f"eval {self.task_label}")
         return bar
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        changed = self._current_eval_dataloader_idx != dataloader_idx  # (has_dataloader_changed would record it)
+        super().on_validation_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
+        if changed and not trainer.sanity_checking:  # "eval after task 2/4 · hypernyms: antonyms", not "DataLoader 2"
+            name = self.eval_names[dataloader_idx] if dataloader_idx < len(self.eval_names) else f"set {dataloader_idx}"
+            self.val_progress_bar.set_description(f"eval after {self.task_label}: {name}")

@@ -132,7 +132,7 @@ class StreamRunner(ResumeMixin):
         if self.config_text and state.completed == 0 and not state.initial_done:
             self._write_config()
         if self.options.eval_initial and not state.initial_done:
-            trainer = self._trainer(label="initial", extra=[])
+            trainer = self._trainer(label="initial", extra=[], eval_names=datamodule.eval_names)
             values, _ = self._evaluate(trainer, module, datamodule)
             state.set_initial(values)
             self.logger.log_metrics(stage_metrics(state, values), step=0)
@@ -172,13 +172,14 @@ class StreamRunner(ResumeMixin):
         return int(trainer.world_size)
 
     # ---- one task -----------------------------------------------------------------------------------------
-    def _trainer(self, *, label: str, extra: list[Callback], budget: Any = None) -> pl.Trainer:
+    def _trainer(self, *, label: str, extra: list[Callback], budget: Any = None,
+                 eval_names: list[str] | None = None) -> pl.Trainer:
         kwargs = dict(self.trainer_kwargs)
         if self._strategy_template is not None:
             kwargs["strategy"] = copy.deepcopy(self._strategy_template)
         callbacks = [*self.callbacks, *extra]
         if kwargs.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            callbacks.append(TaskProgressBar(label))
+            callbacks.append(TaskProgressBar(label, eval_names=eval_names))
         if budget is not None and budget.max_epochs is not None:
             kwargs["max_epochs"] = budget.max_epochs
         if budget is not None and budget.max_steps is not None:
@@ -208,7 +209,8 @@ class StreamRunner(ResumeMixin):
         if self.options.checkpoint_every_n_steps:
             extra.append(MidTaskCheckpoint(ckpt_dir / MID_TASK_CHECKPOINT, self.options.checkpoint_every_n_steps,
                                            {"run": self.fingerprint, "stream": datamodule.fingerprint()}))
-        trainer = self._trainer(label=f"task {i + 1}/{n} · {name}", extra=extra, budget=datamodule.current_budget)
+        trainer = self._trainer(label=f"task {i + 1}/{n} · {name}", extra=extra, budget=datamodule.current_budget,
+                                eval_names=datamodule.eval_names)
         pl.seed_everything(self.seed + i, workers=True, verbose=False)
         self.logger.step_offset = state.step_offset
         self.timer.times.clear()

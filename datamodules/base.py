@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
+from clight.datamodules.checks import check_arguments, check_examples, task_specs
 from clight.datamodules.io import read_task_rows, stream_fingerprint
 from clight.datamodules.probes import resolve_probes
 from clight.datamodules.sampling import PaddedView, ResumableBatchSampler, fixed_sample
@@ -74,36 +75,11 @@ class ContinualDataModule(pl.LightningDataModule):
         probes: list[Probe] | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("max_length", max_length)):
-            if value < 1:
-                raise ClightConfigError(f"`{name}` must be >= 1, got {value}.")
-        if eval_batch_size is not None and eval_batch_size < 1:
-            raise ClightConfigError(f"`eval_batch_size` must be >= 1, got {eval_batch_size}.")
-        if eval_max_examples is not None and eval_max_examples < 1:
-            raise ClightConfigError(f"`eval_max_examples` must be >= 1 or empty, got {eval_max_examples}.")
-        if num_workers < 0:
-            raise ClightConfigError(f"`num_workers` must be >= 0 (0: load in the main process), got {num_workers}.")
-        if (train_file is None) != (test_file is None):
-            raise ClightConfigError("`train_file` and `test_file` go together: give both or neither.")
-        if train_file is None and not tasks:
-            raise ClightConfigError(
-                "no data: give `train_file` and `test_file` (with a task column), or a `tasks` list whose "
-                "entries name their own `train` and `test` files."
-            )
+        check_arguments(train_file=train_file, test_file=test_file, tasks=tasks, batch_size=batch_size,
+                        max_length=max_length, eval_batch_size=eval_batch_size, eval_max_examples=eval_max_examples,
+                        num_workers=num_workers)
         self.train_file, self.test_file = train_file, test_file
-        self.task_specs = [t if isinstance(t, Task) else _task(t) for t in (tasks or [])]
-        for t in self.task_specs:
-            for key in ("max_steps", "max_epochs"):
-                value = getattr(t, key)
-                if value is not None and (value == 0 or value < -1):
-                    raise ClightConfigError(
-                        f"`tasks[{t.name}].{key}` must be >= 1 (or -1: no limit), got {value}: a task with an empty "
-                        "budget would not train. Give it a budget, or leave it out for the trainer's."
-                    )
-        names = [t.name for t in self.task_specs]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ClightConfigError(f"`tasks`: duplicate task names {dupes}; every task needs a unique name.")
+        self.task_specs = task_specs(tasks)
         self.probe_specs = [p if isinstance(p, Probe) else Probe(**p) for p in (probes or [])]
         self.probes: list[Probe] = []
         self.probe_examples: list[list[Example]] = []
@@ -212,6 +188,7 @@ class ContinualDataModule(pl.LightningDataModule):
         self.stage_index = index
 
     set_task = set_stage
+
     def prepare_stream(self) -> None:
         """Read every task's files, check them, tokenize. Idempotent."""
         if self._prepared:
@@ -236,13 +213,7 @@ class ContinualDataModule(pl.LightningDataModule):
             self.probes.append(probe)
             self.probe_examples.append(fixed_sample(self.encode_probe(rows, len(tasks) + j, probe),
                                                     probe.max_examples or self.eval_max_examples, self.seed))
-        for t, train, test in zip(tasks, self.train_examples, self.test_examples):
-            if not train or not test:
-                split = "training" if not train else "test"
-                raise ClightConfigError(
-                    f"task {t.name!r}: no {split} examples (file {self._path(t, 'train' if not train else 'test')!r}); "
-                    "every task needs both, so that it can be trained and evaluated."
-                )
+        check_examples(tasks, self.train_examples, self.test_examples, self._path)
         self._prepared = True
         self.fingerprint()  # now, before a callback rewrites a task's examples (self-rehearsal's own answers)
 
@@ -327,10 +298,3 @@ class ContinualDataModule(pl.LightningDataModule):
         return DataLoader(examples, batch_sampler=sampler, collate_fn=collate or self.collate,
                           num_workers=self.num_workers, generator=generator, persistent_workers=False)
 
-
-def _task(spec: Any) -> Task:
-    try:
-        return Task(**spec)
-    except TypeError as err:
-        raise ClightConfigError(f"`tasks`: {spec!r} is not a task ({err}); a task has `name` and optionally `train`, "
-                                "`test`, `labels`, `max_epochs`, `max_steps`.") from None

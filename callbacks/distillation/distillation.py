@@ -87,8 +87,9 @@ class Distillation(TeacherCallback):
                 index = torch.tensor(self.old_classes, device=student.device)
                 student, teacher = student.index_select(-1, index), teacher.index_select(-1, index)
             return distillation_kl(student, teacher, self.temperature)
-        mask = batch["attention_mask"].bool()  # (B, T)
-        return distillation_kl(student, teacher, self.temperature, top_k=self.top_k, mask=mask)
+        mask = batch.get("attention_mask")  # (B, T); a batch without one distills every position
+        return distillation_kl(student, teacher, self.temperature, top_k=self.top_k,
+                               mask=mask.bool() if mask is not None else None)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "old_classes": list(self.old_classes)}

@@ -11,11 +11,25 @@ from torch import Tensor, nn
 
 from clight.callbacks._utils import check_arg
 from clight.callbacks.distillation.base import TeacherCallback, TeacherDevice
+from clight.contracts import HasFeatureBlocks
 from clight.errors import ClightConfigError
 from clight.functional.penalties import feature_distance
 from clight.hub import transformer_blocks
 
 FeatureLoss = Literal["mse", "cosine"]
+
+
+def feature_blocks(pl_module: nn.Module) -> tuple[list[nn.Module] | None, nn.Module]:
+    """The blocks whose outputs are distilled and the model searched: the module's ``feature_blocks()`` when it
+    declares them, else the transformer blocks of its ``backbone`` (or of its first Hugging Face submodule)."""
+    if isinstance(pl_module, HasFeatureBlocks):
+        return list(pl_module.feature_blocks()), pl_module
+    backbone = getattr(pl_module, "backbone", None)
+    if backbone is None:
+        backbone = next((m for m in pl_module.modules()
+                         if getattr(getattr(m, "config", None), "num_hidden_layers", None)), pl_module)
+    blocks = transformer_blocks(backbone)
+    return (list(blocks) if blocks is not None else None), backbone
 
 
 class FeatureDistillation(TeacherCallback):
@@ -25,7 +39,8 @@ class FeatureDistillation(TeacherCallback):
     Romero et al. 2015's hints): at every task end the trained model becomes the teacher (a snapshot of the
     trainable parameters, see :class:`TeacherCallback`); on later training batches the loss term
     ``feature_distill`` adds ``alpha · Σ_l w_l · d(h_l^student, h_l^teacher)`` over the non-padding tokens,
-    with ``h_l`` the output of transformer block ``l`` and ``d`` the mean squared error or ``1 − cos``. The
+    with ``h_l`` the output of transformer block ``l`` (or of the module's ``feature_blocks()``) and ``d`` the
+    mean squared error or ``1 − cos``. The
     student's states are captured by forward hooks on the blocks during the normal training forward (no second
     student pass); the teacher's by the same hooks during its no-grad forward.
 
@@ -86,14 +101,13 @@ class FeatureDistillation(TeacherCallback):
         super().setup(trainer, pl_module, stage)
         if stage != "fit":
             return
-        backbone = getattr(pl_module, "backbone", pl_module)
-        blocks = transformer_blocks(backbone)
+        blocks, backbone = feature_blocks(pl_module)
         if blocks is None:
             depth = getattr(getattr(backbone, "config", None), "num_hidden_layers", None)
             raise ClightConfigError(
                 f"`FeatureDistillation` could not find the transformer blocks of {type(backbone).__name__} (an "
-                f"`nn.ModuleList` of `config.num_hidden_layers` = {depth} blocks). Use a Hugging Face model, or "
-                "`Distillation` on the outputs.")
+                f"`nn.ModuleList` of `config.num_hidden_layers` = {depth} blocks). Use a Hugging Face model, declare "
+                "`feature_blocks()` on the module (`clight.contracts.HasFeatureBlocks`), or use `Distillation`.")
         bad = [i for i in self.layers if not -len(blocks) <= i < len(blocks)]
         if bad:
             raise ClightConfigError(f"`layers`: {bad} out of range for a model of {len(blocks)} blocks; use "
@@ -133,7 +147,7 @@ class FeatureDistillation(TeacherCallback):
             teacher = self._capture
         finally:
             self._capture = None
-        mask = batch["attention_mask"]  # (B, T)
+        mask = batch.get("attention_mask")  # (B, T); a batch without one compares every position
         total = outputs["logits"].new_zeros((), dtype=torch.float32)
         for slot, w in enumerate(self.weights):
             total = total + w * feature_distance(student[slot], teacher[slot], self.loss, mask)

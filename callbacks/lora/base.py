@@ -11,7 +11,7 @@ from torch import nn
 
 from clight.callback import ContinualCallback, stream_seed
 from clight.callbacks._utils import check_arg, seeded_generator
-from clight.contracts import AdapterModel
+from clight.contracts import AdapterModel, require
 from clight.errors import ClightConfigError
 
 
@@ -73,7 +73,8 @@ def merge_adapter_into_base_(pl_module: pl.LightningModule, name: str) -> list[s
 
 
 class LoRACallback(ContinualCallback):
-    """Base of the callbacks that manage the LoRA adapters of a peft ``ContinualModule``.
+    """Base of the callbacks that manage the LoRA adapters of a peft ``ContinualModule``, or of any module that
+    holds a ``peft.PeftModel`` through :class:`~clight.adapters.AdapterMixin`.
 
     Adapters live in the module (their weights and the list of adapters are part of its checkpoint); a callback
     adds, activates, freezes and merges them. New adapters are initialised from a generator seeded by
@@ -90,15 +91,19 @@ class LoRACallback(ContinualCallback):
                   "empty or an integer >= 0", seed, "Leave it empty to use the datamodule's seed.")
         self.seed = seed
 
-    module_contracts = (AdapterModel,)
-
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if getattr(pl_module, "peft_model", None) is None or not pl_module.lora_layers():
+        name = type(self).__name__
+        # checked here rather than through `module_contracts`, for a way out that names the mixin
+        require(pl_module, AdapterModel, who=name, role="module",
+                fix="Subclass `clight.adapters.AdapterMixin` first (`class MyModule(AdapterMixin, pl.LightningModule)`; "
+                    "docs/reuse.md), use `clight.ContinualModule`, or remove the callback.")
+        if pl_module.peft_model is None or not pl_module.lora_layers():
             raise ClightConfigError(
-                f"`{type(self).__name__}` needs a LoRA backbone: add `model.peft: {{r: 8, target_modules: [query, "
-                "value]}` to the config (`[q_proj, v_proj]` for Llama-style models; `peft_type` LORA, the "
-                "default), or remove the callback. The module has no LoRA layers."
+                f"`{name}` needs a LoRA model: add `model.peft: {{r: 8, target_modules: [query, value]}}` to the "
+                "config (`[q_proj, v_proj]` for Llama-style models; `peft_type` LORA, the default); a module of your "
+                "own holds a `peft.get_peft_model(..., LoraConfig(...))` (docs/reuse.md). The module has no LoRA "
+                "layers."
             )
 
     def _seed(self, trainer: pl.Trainer) -> int:

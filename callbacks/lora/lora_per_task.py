@@ -38,7 +38,8 @@ class LoRAPerTask(LoRACallback):
     not what the method protects. Classes must not be shared between tasks (a shared head row would be trained
     by a later task), so domain-incremental streams are refused. Causal LMs get one adapter per task and no
     head. Adapters live in the module: its (adapter-only) checkpoints hold them all; export writes one peft
-    folder per adapter (``clight export``).
+    folder per adapter (``clight export``). A module of your own needs :class:`~clight.adapters.AdapterMixin`,
+    and ``task_classes`` when it declares a linear ``output_head()`` (docs/reuse.md).
 
     Args:
         seed: seed of the adapters' initialisation; empty: the datamodule's ``seed``.
@@ -70,6 +71,12 @@ class LoRAPerTask(LoRACallback):
         per_task = pl_module.task_classes if isinstance(pl_module, HasTaskClasses) else []
         classes = [c for task_classes in per_task for c in task_classes]
         shared = sorted({c for c in classes if classes.count(c) > 1})
+        if isinstance(output_head(pl_module), nn.Linear) and not isinstance(pl_module, HasTaskClasses):
+            raise ClightConfigError(
+                f"`LoRAPerTask` keeps every task's rows of the output head fixed after its task, but "
+                f"`{type(pl_module).__name__}` declares a head without `task_classes` (the head rows of each task; "
+                "`clight.contracts.HasTaskClasses`). Add `task_classes`, or train the head inside the peft model "
+                "(`output_head()` returning None).")
         if output_head(pl_module) is not None and shared:
             raise ClightConfigError(
                 f"`LoRAPerTask` keeps every task's head rows fixed after its task, but classes {shared} belong to "

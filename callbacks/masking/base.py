@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from clight.errors import ClightConfigError
 from clight.functional.masking import magnitude_thresholds, normalize_name
 from clight.sharding import gather_pieces, is_dtensor, shard_rank
 
@@ -38,6 +39,18 @@ def set_frozen(module: nn.Module, owner: str, names: set[str]) -> tuple[int, int
             param.requires_grad_(True)
             flipped.discard(name)
     return count, total
+
+
+def mask_scope(pl_module: nn.Module, head: set[str]) -> list[tuple[str, nn.Parameter]]:
+    """GradientMask's masked parameters: the trainable ones outside ``head`` (normalized names), by name."""
+    out = []
+    for raw, p in pl_module.named_parameters():
+        name = normalize_name(raw)
+        if p.requires_grad and name not in head:
+            if not p.is_contiguous():
+                raise ClightConfigError(f"`GradientMask` needs contiguous parameters; {name!r} is not.")
+            out.append((name, p))
+    return out
 
 
 def reused_buffer(store: dict[str, Tensor], name: str, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:

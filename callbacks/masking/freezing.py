@@ -10,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from clight.callback import ContinualCallback, current_task
-from clight.callbacks._utils import check_arg, head_parameter_names
+from clight.callbacks._utils import check_arg, check_head, check_head_arg, head_parameter_names
 from clight.callbacks.masking.base import set_frozen
 from clight.errors import ClightConfigError
 from clight.functional.masking import (
@@ -91,8 +91,9 @@ class FreezeParameters(ContinualCallback):
     backward time for their weight gradients nor memory. The choice is applied in ``setup`` of every task's
     fresh Trainer (before ``configure_optimizers`` and the DDP wrap); a parameter that an earlier task froze and
     the current task does not is trained again. Parameters frozen by someone else (a peft base model) stay
-    frozen. The output head (the module's ``output_head()``) always stays trainable, since every task brings new
-    classes, unless ``freeze_head: true``. After the stream the last task's parameters stay frozen.
+    frozen. The output head (the submodule named by ``head``, else the module's ``output_head()``) always stays
+    trainable, since every task brings new classes, unless ``freeze_head: true``. After the stream the last
+    task's parameters stay frozen.
 
     Selectors (strings) match the module's ``named_parameters()`` names, e.g.
     ``backbone.encoder.layer.3.attention.self.query.weight`` or ``head.linear.weight``:
@@ -117,6 +118,8 @@ class FreezeParameters(ContinualCallback):
         schedule: per-task plans: ``{task index: {freeze: [...], train_only: [...], preset: ..., num_layers:
             ..., freeze_head: ...}}``. An entry replaces the top-level arguments from that task on, up to the
             next entry; tasks before the first entry use the top-level arguments. ``{}`` trains everything.
+        head: the dotted name of the module's output layer (e.g. ``classifier``); empty: the module's
+            ``output_head()``.
 
     Example (YAML)::
 
@@ -145,11 +148,16 @@ class FreezeParameters(ContinualCallback):
         num_layers: int | None = None,
         freeze_head: bool = False,
         schedule: dict[int, dict[str, Any]] | None = None,
+        head: str | None = None,
     ) -> None:
         super().__init__()
+        check_head_arg(head)
+        self.head = head
         self._args = dict(freeze=list(freeze or []), train_only=list(train_only or []), preset=preset,
                           num_layers=num_layers, freeze_head=freeze_head,
                           schedule={k: dict(v) for k, v in (schedule or {}).items()})
+        if head is not None:  # (only when given: the state keys of runs without it stay as they were)
+            self._args["head"] = head
         plans: dict[int, _Plan] = {0: _plan("", freeze, train_only, preset, num_layers, freeze_head)}
         check_arg(isinstance(schedule, dict) or schedule is None, "schedule", "a mapping {task index: plan}",
                   schedule, "See the `FreezeParameters` docstring.")
@@ -183,9 +191,10 @@ class FreezeParameters(ContinualCallback):
     def frozen_names(self, pl_module: nn.Module, task_index: int) -> set[str]:
         """The normalized names of the parameters frozen for task ``task_index``."""
         names = [normalize_name(n) for n, _ in pl_module.named_parameters()]
-        return self.plan_for(task_index).frozen(names, head_parameter_names(pl_module))
+        return self.plan_for(task_index).frozen(names, head_parameter_names(pl_module, self.head))
 
     def _check(self, pl_module: nn.Module) -> None:
+        check_head(pl_module, self.head, "FreezeParameters")
         names = [normalize_name(n) for n, _ in pl_module.named_parameters()]
         examples = ", ".join(f"`{n}`" for n in names[:: max(1, len(names) // 4)][:4])
         layers = {i for n in names if (i := layer_index(n)) is not None}

@@ -11,8 +11,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from clight.callback import ContinualCallback
-from clight.callbacks._utils import check_arg, head_parameter_names
-from clight.callbacks.masking.base import MaskFitState, reused_buffer, thresholds
+from clight.callbacks._utils import check_arg, check_head, check_head_arg, head_parameter_names
+from clight.callbacks.masking.base import MaskFitState, mask_scope, reused_buffer, thresholds
 from clight.errors import ClightConfigError
 from clight.functional.masking import (
     fold_importance,
@@ -51,7 +51,8 @@ class GradientMask(ContinualCallback):
 
     Masked weights stay bit-identical under any optimizer (AdamW's decay and momentum included): the masked
     gradient entries are zeroed in ``on_before_optimizer_step`` and the masked weights are written back after
-    ``optimizer.step()``. The classification head is left out unless ``include_head: true``. How it stays exact,
+    ``optimizer.step()``. The output head (``head``, else the module's ``output_head()``) is left out unless
+    ``include_head: true``. How it stays exact,
     runs under DDP and FSDP2, what its checkpoint holds and what a step costs: docs/techniques/masking.md.
 
     Args:
@@ -63,6 +64,7 @@ class GradientMask(ContinualCallback):
         reset: undo each task's changes outside its region at task end (mode ``sparse`` only).
         include_head: mask the classification head's entries too.
         sample_size: entries sampled per tensor (``scope: global``: in all) for the magnitude threshold.
+        head: the dotted name of the module's output layer (e.g. ``classifier``); empty: its ``output_head()``.
 
     Example (YAML)::
 
@@ -84,8 +86,10 @@ class GradientMask(ContinualCallback):
         reset: bool = False,
         include_head: bool = False,
         sample_size: int = 16384,
+        head: str | None = None,
     ) -> None:
         super().__init__()
+        check_head_arg(head)
         fix = "See the `GradientMask` docstring."
         check_arg(mode in get_args(Mode), "mode", f"one of {list(get_args(Mode))}", mode, fix)
         check_arg(isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction < 1,
@@ -101,6 +105,7 @@ class GradientMask(ContinualCallback):
                   "sample_size", "an integer >= 16", sample_size, "The default 16384 is accurate to ~1%.")
         self.mode, self.fraction, self.scope, self.importance = mode, float(fraction), scope, importance
         self.reset, self.include_head, self.sample_size = reset, include_head, sample_size
+        self.head = head
         self.masks: dict[str, Tensor] = {}  # fixed masks (importance, sparse): bool, CPU, parameter shape
         self.running: dict[str, Tensor] = {}  # running importance: bfloat16, CPU
         self._acc: dict[str, Tensor] = {}  # this task's importance accumulator (device during training)
@@ -122,17 +127,11 @@ class GradientMask(ContinualCallback):
         if stage == "fit" and not pl_module.automatic_optimization:
             raise ClightConfigError("`GradientMask` masks gradients in automatic optimization; the module uses "
                                     "manual optimization. Mask in your own `training_step`, or remove the callback.")
+        if stage == "fit" and not self.include_head:
+            check_head(pl_module, self.head, "GradientMask")
 
     def _in_scope(self, pl_module: nn.Module) -> list[tuple[str, nn.Parameter]]:
-        head = set() if self.include_head else head_parameter_names(pl_module)
-        out = []
-        for raw, p in pl_module.named_parameters():
-            name = normalize_name(raw)
-            if p.requires_grad and name not in head:
-                if not p.is_contiguous():
-                    raise ClightConfigError(f"`GradientMask` needs contiguous parameters; {name!r} is not.")
-                out.append((name, p))
-        return out
+        return mask_scope(pl_module, set() if self.include_head else head_parameter_names(pl_module, self.head))
 
     def on_task_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo) -> None:
         # Runs again when a task resumes mid-way: the state loaded from the mid-task checkpoint is kept.

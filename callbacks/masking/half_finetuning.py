@@ -9,7 +9,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from clight.callback import ContinualCallback, current_task, stream_seed
-from clight.callbacks._utils import check_arg, head_parameter_names, seeded_generator
+from clight.callbacks._utils import (
+    check_arg,
+    check_head,
+    check_head_arg,
+    head_parameter_names,
+    seeded_generator,
+)
 from clight.callbacks.masking.base import set_frozen
 from clight.errors import ClightConfigError
 from clight.functional.masking import (
@@ -26,9 +32,12 @@ _HFT_STREAM = 0x4F7  # separates HFT's draws from other users of (seed, task) ge
 
 def embedding_names(pl_module: nn.Module) -> set[str]:
     """Normalized names of the embedding parameters: the backbone's input and output embeddings (the LM head
-    of a causal LM) and every parameter under a module whose name contains ``embed``."""
+    of a causal LM) and every parameter under a module whose name contains ``embed``. The backbone is the
+    module's ``backbone``, else its first Hugging Face model (a submodule with ``get_input_embeddings``)."""
     ids: set[int] = set()
     backbone = getattr(pl_module, "backbone", None)
+    if backbone is None:
+        backbone = next((m for m in pl_module.modules() if callable(getattr(m, "get_input_embeddings", None))), None)
     for getter in ("get_input_embeddings", "get_output_embeddings"):
         fn = getattr(backbone, getter, None)
         module = fn() if callable(fn) else None
@@ -46,7 +55,8 @@ class HalfFineTuning(ContinualCallback):
     (BERT's two, LLaMA's gate/up/down) and normalization layers — and half of each category trains (an odd
     count trains one more on a fair coin); a module's bias goes with its weight. The embeddings (and the LM
     head of a causal LM, the output embedding) are frozen unless ``train_embeddings: true``; other parameters
-    outside the layers (a final norm) and the classification head train. The draw uses a generator seeded by
+    outside the layers (a final norm) and the output head (``head``, else the module's ``output_head()``) train.
+    The draw uses a generator seeded by
     ``(seed, task index)``, so it is identical on every rank, reproducible on resume, and differs from task to
     task; each task's choice is recorded in the state (and reused if the task is resumed). Freezing is real
     (``requires_grad=False`` in ``setup``, before the optimizer), which also saves gradient time and memory.
@@ -60,6 +70,7 @@ class HalfFineTuning(ContinualCallback):
         redraw: draw a new half for every task (HFT's setting); ``false`` draws once, at the first task, and
             every later task trains the same half, so the other half keeps its pretrained values for the whole
             stream.
+        head: the dotted name of the module's output layer (e.g. ``classifier``); empty: its ``output_head()``.
 
     Example (YAML)::
 
@@ -71,8 +82,11 @@ class HalfFineTuning(ContinualCallback):
 
     supports_sharded = True  # per-parameter `requires_grad` under FSDP2, as FreezeParameters (tests/test_sharded.py)
 
-    def __init__(self, *, seed: int | None = None, train_embeddings: bool = False, redraw: bool = True) -> None:
+    def __init__(self, *, seed: int | None = None, train_embeddings: bool = False, redraw: bool = True,
+                 head: str | None = None) -> None:
         super().__init__()
+        check_head_arg(head)
+        self.head = head
         check_arg(seed is None or (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0), "seed",
                   "empty or an integer >= 0", seed, "Leave it empty to use the datamodule's seed.")
         check_arg(isinstance(train_embeddings, bool), "train_embeddings", "true or false", train_embeddings,
@@ -103,7 +117,7 @@ class HalfFineTuning(ContinualCallback):
         frozen = {n for n in names if layer_index(n) is not None and module_path(n) not in keep}
         if not self.train_embeddings:
             frozen |= embedding_names(pl_module)
-        return frozen - head_parameter_names(pl_module)
+        return frozen - head_parameter_names(pl_module, self.head)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -116,6 +130,7 @@ class HalfFineTuning(ContinualCallback):
                 "`layer.<i>.`, `layers.<i>.`, `h.<i>.` or `blocks.<i>.`, e.g. `backbone.encoder.layer.0.`). Use "
                 "`FreezeParameters` with explicit selectors for this model, or remove the callback."
             )
+        check_head(pl_module, self.head, "HalfFineTuning")
         task = current_task(trainer, self.tasks_seen)
         trained = self.choose(pl_module, task.index, stream_seed(trainer, self.seed))
         count, total = set_frozen(pl_module, self.state_key, self.frozen_names(pl_module, trained))

@@ -20,7 +20,9 @@ from lightning.fabric.utilities import move_data_to_device
 from torch import Tensor
 
 from clight.callback import ContinualCallback, stream_seed
+from clight.callbacks._rows import TaskRows, stack_rows
 from clight.callbacks._utils import check_arg, eval_mode, seeded_generator, trainable_parameters
+from clight.contracts import ExampleStream, optional
 from clight.errors import ClightConfigError
 from clight.functional.penalties import add_quadratic_penalty_grad_, normalize_importance_
 from clight.sharding import gather_full, is_dtensor, like_param, local
@@ -44,6 +46,7 @@ class QuadraticPenalty(ContinualCallback):
 
     penalty_name = "penalty"
     uses_importance = True
+    estimate_examples = 0  # > 0: the importance is estimated on this many of the task's training examples
     anchor_update: Literal["latest", "weighted_mean"] = "latest"
     sharded_reason = "it has not been shown to work on sharded parameters (EWC, MAS and L2Anchor have)"
 
@@ -60,6 +63,7 @@ class QuadraticPenalty(ContinualCallback):
         self.importance: dict[str, Tensor] = {}
         self.importance_means: list[float] = []  # the raw mean of every task's estimate (before normalising)
         self._tracked: list[tuple[str, torch.nn.Parameter]] = []
+        self.batch_rows: TaskRows | None = None  # the estimate's rows, for a datamodule without `train_examples`
 
     @property
     def state_key(self) -> str:
@@ -87,13 +91,29 @@ class QuadraticPenalty(ContinualCallback):
     # ---- Lightning / task hooks ----------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if stage == "fit" and not pl_module.automatic_optimization:
+        if stage != "fit":
+            return
+        if not pl_module.automatic_optimization:
             raise ClightConfigError(
                 f"`{type(self).__name__}` adds its penalty's gradient in automatic optimization; the module uses "
                 "manual optimization. Add the penalty to your own loss instead, or remove the callback.")
+        name = type(self).__name__
+        # without the stream's examples, the estimate runs on rows of the task's own training batches
+        if self.estimate_examples and not optional(
+                trainer.datamodule, ExampleStream, who=name, role="datamodule",
+                fix="Add the missing members, or remove `train_examples` to estimate on rows of the training batches."):
+            self.batch_rows = self.batch_rows or TaskRows(self.estimate_examples, name)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        if self.batch_rows is not None:
+            self.batch_rows.observe(trainer, batch, self._seed(trainer))
 
     def on_task_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo) -> None:
         # runs again on resume: only caches, and takes the first anchor when no state exists yet
+        if self.batch_rows is not None:
+            self.batch_rows.start(trainer, task.index)
         self._tracked = list(trainable_parameters(pl_module).items())
         self._to_device(pl_module.device)
         if not self.anchor and self.anchor_from_start():
@@ -192,8 +212,9 @@ class QuadraticPenalty(ContinualCallback):
     def gradient_statistic(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo,
                            loss_fn: MicroBatchLoss, statistic: Statistic, *, num_examples: int,
                            batch_size: int, uniform_width: int = 0) -> dict[str, Tensor]:
-        """Mean over (at most) ``num_examples`` of the finished task's training examples of ``g²`` or ``|g|``,
-        ``g`` the gradient of ``loss_fn`` over the tracked parameters.
+        """Mean over (at most) ``num_examples`` of the finished task's training examples (the stream's, or rows
+        of the task's training batches when the datamodule has none) of ``g²`` or ``|g|``, ``g`` the gradient of
+        ``loss_fn`` over the tracked parameters.
 
         The examples are a random subset (generator seeded from ``(seed, task)``) split across ranks; each rank
         runs the unwrapped module in eval mode on micro-batches of ``batch_size`` of its share (``1``: exact
@@ -202,8 +223,13 @@ class QuadraticPenalty(ContinualCallback):
         holds the same result. ``uniform_width > 0`` gives ``loss_fn`` uniforms ``(B, uniform_width)`` drawn per
         example from the same generator (for sampling labels independently of the number of ranks)."""
         dm = trainer.datamodule
-        examples = ([ex for exs in dm.train_examples for ex in exs] if getattr(dm, "joint", False)
-                    else dm.train_examples[task.index])
+        if self.batch_rows is not None:  # rows of the task's training batches, every rank's
+            examples, collate = self.batch_rows.gather(trainer), stack_rows
+            self.batch_rows.clear()
+        else:
+            examples = ([ex for exs in dm.train_examples for ex in exs] if getattr(dm, "joint", False)
+                        else dm.train_examples[task.index])
+            collate = dm.collate
         g = seeded_generator(self._seed(trainer), task.index, 0x1F)
         chosen = torch.randperm(len(examples), generator=g)[:num_examples]
         n = len(chosen)
@@ -226,7 +252,7 @@ class QuadraticPenalty(ContinualCallback):
         try:
             with eval_mode(pl_module), torch.enable_grad(), trainer.precision_plugin.forward_context():
                 for rows in micro:  # under FSDP: every rank's micro-batches, as DDP's ranks would run them
-                    batch = move_data_to_device(dm.collate([examples[int(chosen[i])] for i in rows]), device)
+                    batch = move_data_to_device(collate([examples[int(chosen[i])] for i in rows]), device)
                     u = uniforms[rows].to(device) if uniforms is not None else None
                     loss = loss_fn(pl_module, batch, pl_module(batch), u)
                     if sharded:
@@ -255,13 +281,19 @@ class QuadraticPenalty(ContinualCallback):
     # ---- checkpointing ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         # full tensors: under FSDP a gather on every rank (Lightning and the runner call this on all ranks)
-        return {**super().state_dict(),
-                "anchor": {n: gather_full(t.detach()).cpu().clone() for n, t in self.anchor.items()},
-                "importance": {n: gather_full(t.detach()).cpu().clone() for n, t in self.importance.items()},
-                "importance_means": list(self.importance_means)}
+        state = {**super().state_dict(),
+                 "anchor": {n: gather_full(t.detach()).cpu().clone() for n, t in self.anchor.items()},
+                 "importance": {n: gather_full(t.detach()).cpu().clone() for n, t in self.importance.items()},
+                 "importance_means": list(self.importance_means)}
+        if self.batch_rows is not None:  # the estimate's rows of a task under way (a collective under DDP)
+            state["batch_rows"] = self.batch_rows.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.anchor = dict(state_dict["anchor"])  # moved to the module's device when the next task starts
         self.importance = dict(state_dict["importance"])
         self.importance_means = [float(v) for v in state_dict["importance_means"]]
+        if "batch_rows" in state_dict:
+            self.batch_rows = self.batch_rows or TaskRows(self.estimate_examples, type(self).__name__)
+            self.batch_rows.load_state_dict(state_dict["batch_rows"])

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from clight.callbacks._utils import check_arg
 from clight.callbacks.regularization.base import QuadraticPenalty, StateDtype
-from clight.contracts import ContinualModel, ExampleStream, LabelSampler
+from clight.contracts import ContinualModel, LabelSampler
 from clight.task import TaskInfo
 
 FisherKind = Literal["empirical", "true"]
@@ -22,7 +22,8 @@ class EWC(QuadraticPenalty):
     Kirkpatrick et al. 2017, "Overcoming catastrophic forgetting in neural networks"; online EWC: Schwarz et
     al. 2018, "Progress & Compress". At the end of each task the diagonal Fisher information ``F`` of the
     trained model is estimated on ``num_examples`` of that task's training examples (a seeded random subset,
-    split across ranks, summed and all-reduced, so every rank holds the same ``F``): the mean squared gradient
+    split across ranks, summed and all-reduced, so every rank holds the same ``F``; with a datamodule that has no
+    ``train_examples``, rows of the task's training batches, docs/reuse.md): the mean squared gradient
     of the log-likelihood of the true labels (``fisher: empirical``) or of labels drawn from the model's own
     predictive distribution (``fisher: true``; causal LMs draw one token per labelled position). With
     ``estimate_batch_size: 1`` (default) the squares are per example, as the Fisher is defined; larger micro-
@@ -95,7 +96,7 @@ class EWC(QuadraticPenalty):
         self.num_examples, self.estimate_batch_size = num_examples, estimate_batch_size
         self.anchor_update = "latest" if online else "weighted_mean"
         self.module_contracts = (ContinualModel, LabelSampler) if fisher == "true" else (ContinualModel,)
-        self.stream_contracts = (ExampleStream,)
+        self.estimate_examples = num_examples
 
     @property
     def state_key(self) -> str:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from clight.callbacks._utils import check_arg
 from clight.callbacks.regularization.base import QuadraticPenalty, StateDtype
-from clight.contracts import ContinualModel, ExampleStream
+from clight.contracts import ContinualModel
 from clight.task import TaskInfo
 
 
@@ -20,7 +20,10 @@ def output_sensitivity_loss(module: pl.LightningModule, batch: Mapping[str, Tens
     logits = outputs["logits"].float()
     if logits.dim() == 2:  # (B, C)
         return logits.pow(2).sum(-1).mean()
-    mask = batch["attention_mask"].to(logits.dtype)  # (B, T)
+    mask = batch.get("attention_mask")  # (B, T); a batch without one counts every position
+    if mask is None:
+        return logits.pow(2).sum(-1).mean()
+    mask = mask.to(logits.dtype)
     return (logits.pow(2).sum(-1) * mask).sum() / mask.sum().clamp_min(1)
 
 
@@ -29,11 +32,12 @@ class MAS(QuadraticPenalty):
 
     Aljundi et al. 2018, "Memory Aware Synapses: Learning what (not) to forget". At each task end the
     importance is the mean absolute gradient of ``‖f(x)‖²`` (the squared L2 norm of the logits) over
-    ``num_examples`` of the finished task's training examples — no labels needed. It is estimated like EWC's
-    Fisher (seeded subset, split across ranks, all-reduced; per example with ``estimate_batch_size: 1``),
-    normalised to mean 1 (``normalize``), accumulated over tasks, and anchored at the latest weights. The
-    penalty's gradient is added in ``on_before_optimizer_step`` and logged as ``train/penalty_mas``. Costs as
-    EWC's: ``Ω`` and ``θ*`` in fp32, one elementwise pass per step, ``num_examples`` backward passes per task.
+    ``num_examples`` of the finished task's training examples (or training-batch rows, as EWC's) — no labels
+    needed. It is estimated like EWC's Fisher (seeded subset, split across ranks, all-reduced; per example with
+    ``estimate_batch_size: 1``), normalised to mean 1 (``normalize``), accumulated over tasks, and anchored at
+    the latest weights. The penalty's gradient is added in ``on_before_optimizer_step`` and logged as
+    ``train/penalty_mas``. Costs as EWC's: ``Ω`` and ``θ*`` in fp32, one elementwise pass per step,
+    ``num_examples`` backward passes per task.
 
     Args:
         strength: ``λ`` (on the scale of plain L2 when ``normalize``).
@@ -51,7 +55,6 @@ class MAS(QuadraticPenalty):
     """
 
     module_contracts = (ContinualModel,)
-    stream_contracts = (ExampleStream,)
     penalty_name = "mas"
     # under FSDP every rank runs the estimate's examples and keeps its shard's statistic; the penalty is
     # elementwise on the shards (tests/test_sharded.py compares with DDP)
@@ -72,6 +75,7 @@ class MAS(QuadraticPenalty):
         check_arg(isinstance(estimate_batch_size, int) and estimate_batch_size >= 1, "estimate_batch_size",
                   "an integer >= 1", estimate_batch_size, "1 gives exact per-example magnitudes.")
         self.num_examples, self.estimate_batch_size = num_examples, estimate_batch_size
+        self.estimate_examples = num_examples
 
     def task_importance(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo
                         ) -> dict[str, Tensor]:

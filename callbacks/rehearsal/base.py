@@ -13,6 +13,7 @@ from lightning.fabric.utilities import move_data_to_device
 from torch import Tensor
 
 from clight.callback import ContinualCallback, stream_seed
+from clight.callbacks._rows import TaskRows, batch_tensors, stack_rows
 from clight.callbacks._utils import check_arg, eval_mode, seeded_generator
 from clight.callbacks.rehearsal.memory import (
     Example,
@@ -22,27 +23,31 @@ from clight.callbacks.rehearsal.memory import (
     examples_to_rows,
     plan_insert,
 )
-from clight.contracts import ContinualModel, ExampleStream
+from clight.contracts import ContinualModel, ExampleStream, optional
 from clight.errors import ClightConfigError
 from clight.task import TaskInfo
+
+BATCH_PREFIX = "batch."  # memory fields holding batch rows: `batch.<key of the batch dict>`
 
 
 @torch.no_grad()
 def forward_examples(trainer: pl.Trainer, pl_module: pl.LightningModule, examples: Sequence[Example],
-                     fn: Callable[[dict[str, Tensor], dict[str, Tensor]], dict[str, Tensor]], batch_size: int
-                     ) -> dict[str, Tensor]:
+                     fn: Callable[[dict[str, Tensor], dict[str, Tensor]], dict[str, Tensor]], batch_size: int,
+                     collate: Callable[[list[Any]], dict[str, Tensor]] | None = None) -> dict[str, Tensor]:
     """Evaluate ``fn(batch, outputs)`` (per-example tensors) over ``examples`` in eval mode, sharded across
-    ranks and all-gathered, so every rank gets the same (bitwise) CPU result rows for all examples.
+    ranks and all-gathered, so every rank gets the same (bitwise) CPU result rows for all examples. ``collate``
+    batches a list of examples (default: the datamodule's; :func:`~clight.callbacks._rows.stack_rows` for rows).
 
     Every rank runs the same number of batches (the last shard is padded), so sharded models stay in step.
     The forward goes through the LightningModule itself, never the DDP wrapper."""
     world, rank, n = trainer.world_size, trainer.global_rank, len(examples)
     per = -(-n // world)
     mine = [examples[min(i, n - 1)] for i in range(rank * per, (rank + 1) * per)]
+    collate = collate or trainer.datamodule.collate
     parts: dict[str, list[Tensor]] = {}
     with eval_mode(pl_module), trainer.precision_plugin.forward_context():
         for start in range(0, per, batch_size):
-            batch = move_data_to_device(trainer.datamodule.collate(mine[start : start + batch_size]), pl_module.device)
+            batch = move_data_to_device(collate(mine[start : start + batch_size]), pl_module.device)
             for name, t in fn(batch, pl_module(batch)).items():
                 parts.setdefault(name, []).append(t)
     out = {}
@@ -62,10 +67,14 @@ class MemoryCallback(ContinualCallback):
     loss (computed on a random pool of at most ``score_pool`` examples, sharded over ranks and all-gathered).
     Every random choice uses a generator seeded from ``(seed, task index, ...)`` and every model output is
     all-gathered, so all ranks hold the same full memory and a resumed run rebuilds exactly the same one.
+
+    A datamodule without ``train_examples``/``collate`` (a user's own, or a plain ``DataLoader`` per task) offers
+    instead the rows of the task's training batches (dicts of tensors of any modality), sampled while the task
+    trains and all-gathered at its end (:mod:`clight.callbacks._rows`); the memory stores them as they are
+    (``batch.<key>`` fields) and replays them stacked back into batch dicts.
     """
 
     module_contracts = (ContinualModel,)
-    stream_contracts = (ExampleStream,)
     per_token_fields: frozenset[str] = frozenset({"tokens", "token_labels"})
 
     def __init__(self, *, memory_size: int, replay_batch_size: int, policy: Policy, selection: Selection,
@@ -89,6 +98,9 @@ class MemoryCallback(ContinualCallback):
         self._memmap_resolved = memmap_dir is None
         self._task_index = 0
         self._micro_step, self._micro = -1, 0
+        # rows of the training batches, for a datamodule without `train_examples` (decided in `setup`)
+        self.batch_rows: TaskRows | None = None
+        self._pool_size = memory_size if selection == "random" else max(score_pool, memory_size)
 
     @property
     def state_key(self) -> str:
@@ -105,7 +117,12 @@ class MemoryCallback(ContinualCallback):
             self._pending_memory = None
         if stage != "fit":  # the runner's evaluation runs `validate` without the datamodule
             return
-        first = next((exs[0] for exs in trainer.datamodule.train_examples if exs), {})
+        dm, name = trainer.datamodule, type(self).__name__
+        if not optional(dm, ExampleStream, who=name, role="datamodule", fix="Add the missing members, or remove "
+                        "`train_examples` from the datamodule to rehearse rows of the training batches instead."):
+            self.batch_rows = self.batch_rows or TaskRows(self._pool_size, name)
+            return
+        first = next((exs[0] for exs in dm.train_examples if exs), {})
         if self.policy == "class_balanced" and "label" not in first:
             raise ClightConfigError(
                 f"`policy`: `class_balanced` needs class labels, but the stream's examples have no `label` (fields: "
@@ -115,6 +132,17 @@ class MemoryCallback(ContinualCallback):
     def on_task_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo) -> None:
         self._task_index = task.index
         self._micro_step, self._micro = -1, 0
+        if self.batch_rows is not None:
+            self.batch_rows.start(trainer, task.index)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        if self.batch_rows is None:
+            return
+        if self.policy == "class_balanced" and self.batch_rows.seen == 0:
+            _labels(batch_tensors(batch, type(self).__name__))  # checked at the first batch, not at the task end
+        self.batch_rows.observe(trainer, batch, self._seed(trainer))
 
     def on_task_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo) -> None:
         self._fill(trainer, pl_module, task)
@@ -134,10 +162,36 @@ class MemoryCallback(ContinualCallback):
         """Extra per-example fields stored with new memory rows (DER's logits). Default: none."""
         return {}
 
+    def _collate(self, trainer: pl.Trainer) -> Callable[[list[Any]], dict[str, Tensor]]:
+        """What batches a list of this task's examples: the datamodule's ``collate``, or stacking batch rows."""
+        return stack_rows if self.batch_rows is not None else trainer.datamodule.collate
+
+    def _task_examples(self, trainer: pl.Trainer, task: TaskInfo) -> tuple[list[Example], Tensor | None]:
+        """The finished task's examples (the stream's, or the batch rows of every rank) and, for batch rows under
+        a balanced policy, each one's group (its task, or its label)."""
+        if self.batch_rows is None:
+            dm = trainer.datamodule
+            examples = ([ex for exs in dm.train_examples for ex in exs] if getattr(dm, "joint", False)
+                        else dm.train_examples[task.index])
+            return examples, None
+        examples = self.batch_rows.gather(trainer)
+        self.batch_rows.clear()
+        if self.policy == "class_balanced" and examples:
+            return examples, _labels(stack_rows(examples))
+        return examples, torch.full((len(examples),), task.index, dtype=torch.long)
+
+    def _rows_to_store(self, examples: list[Example], task: TaskInfo) -> dict[str, Tensor]:
+        if self.batch_rows is None:
+            return examples_to_rows(examples)
+        rows = {f"{BATCH_PREFIX}{k}": v for k, v in stack_rows(examples).items()}
+        rows["task"] = torch.full((len(examples),), task.index, dtype=torch.long)
+        if self.policy == "class_balanced":
+            rows["label"] = _labels(stack_rows(examples))
+        return rows
+
     def _fill(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo) -> None:
         dm, mem = trainer.datamodule, self.memory
-        examples = ([ex for exs in dm.train_examples for ex in exs] if getattr(dm, "joint", False)
-                    else dm.train_examples[task.index])
+        examples, groups = self._task_examples(trainer, task)
         n = len(examples)
         if n == 0:
             return
@@ -148,14 +202,14 @@ class MemoryCallback(ContinualCallback):
                 pool = torch.randperm(n, generator=g)[: max(self.score_pool, mem.capacity)].sort().values
             scores = forward_examples(trainer, pl_module, [examples[i] for i in pool.tolist()],
                                       lambda b, o: {"score": self.score_examples(pl_module, b, o)},
-                                      getattr(dm, "eval_batch_size", 32))["score"]
-        src, take = plan_insert(mem, examples, self.policy, g, pool=pool, scores=scores)
+                                      getattr(dm, "eval_batch_size", 32), self._collate(trainer))["score"]
+        src, take = plan_insert(mem, examples, self.policy, g, pool=pool, scores=scores, groups=groups)
         mem.seen += n
         if len(take) == 0 and mem.size == 0:
             return
         chosen = [examples[i] for i in take.tolist()]
         if chosen:
-            rows = examples_to_rows(chosen)
+            rows = self._rows_to_store(chosen, task)
             rows.update(self._payload(trainer, pl_module, chosen, rows))
         else:
             rows = {name: t[:0] for name, t in mem.fields.items()}
@@ -189,13 +243,22 @@ class MemoryCallback(ContinualCallback):
         mine = index[trainer.global_rank :: world]
         if len(mine) == 0:
             return None, mine
-        batch = trainer.datamodule.collate(self.memory.examples(mine))
+        batch = self.memory_rows(mine) if self.batch_rows is not None else \
+            trainer.datamodule.collate(self.memory.examples(mine))
         return move_data_to_device(batch, pl_module.device), mine
+
+    def memory_rows(self, index: Tensor) -> dict[str, Tensor]:
+        """The memory rows ``index`` of batch rows as the batch dict they came from (CPU)."""
+        cut = len(BATCH_PREFIX)
+        return {k[cut:]: v[index] for k, v in self.memory.fields.items() if k.startswith(BATCH_PREFIX)}
 
     # ---- checkpointing --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         memory = self._pending_memory if self._pending_memory is not None else self.memory.state_dict()
-        return {**super().state_dict(), "memory": memory}
+        state = {**super().state_dict(), "memory": memory}
+        if self.batch_rows is not None:  # the batch rows of a task under way (a collective under DDP)
+            state["batch_rows"] = self.batch_rows.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
@@ -203,3 +266,18 @@ class MemoryCallback(ContinualCallback):
             self.memory.load_state_dict(state_dict["memory"])
         else:  # the files are found once `setup` knows the run directory
             self._pending_memory = dict(state_dict["memory"])
+        if "batch_rows" in state_dict:
+            self.batch_rows = self.batch_rows or TaskRows(self._pool_size, type(self).__name__)
+            self.batch_rows.load_state_dict(state_dict["batch_rows"])
+
+
+def _labels(batch: dict[str, Tensor]) -> Tensor:
+    """The class labels of a batch of rows for ``policy: class_balanced``: its 1-D integer ``labels`` or ``label``."""
+    for key in ("labels", "label"):
+        t = batch.get(key)
+        if t is not None and t.dim() == 1 and not t.is_floating_point():
+            return t.long().cpu()
+    raise ClightConfigError(
+        f"`policy`: `class_balanced` needs class labels, but the training batches have no 1-D integer `labels` or "
+        f"`label` (keys: {sorted(batch)}). Use `policy: task_balanced` or `reservoir`, or add the labels to the "
+        "batches.")

@@ -22,13 +22,17 @@ def der_logit_loss(logits: Tensor, stored: Mapping[str, Tensor]) -> Tensor:
 
     Classification: ``logits`` ``(B, C)`` against ``stored["logits"]`` ``(B, C)``. Causal LM: ``logits``
     ``(B, T, V)`` gathered at ``stored["topk_indices"]`` ``(B, W, k)`` against ``stored["topk_values"]``,
-    over the positions below ``stored["lengths"]`` (``W >= T``: the memory's width)."""
+    over the positions below ``stored["lengths"]`` (``W >= T``: the memory's width; every position for batch rows,
+    which have no ``lengths``)."""
     if "logits" in stored:
         return F.mse_loss(logits.float(), stored["logits"].float())
     t = logits.shape[1]
     index = stored["topk_indices"][:, :t].long()  # (B, T, k)
     student = logits.float().gather(-1, index)  # (B, T, k)
-    mask = (torch.arange(t, device=logits.device) < stored["lengths"][:, None]).unsqueeze(-1)  # (B, T, 1)
+    lengths = stored.get("lengths")
+    if lengths is None:
+        lengths = torch.full((logits.shape[0],), t, device=logits.device)
+    mask = (torch.arange(t, device=logits.device) < lengths[:, None]).unsqueeze(-1)  # (B, T, 1)
     squared = (student - stored["topk_values"][:, :t].float()).pow(2) * mask
     return squared.sum() / (mask.sum() * index.shape[-1]).clamp_min(1)
 
@@ -106,13 +110,15 @@ class DarkExperienceReplay(Replay):
 
     def _payload(self, trainer: pl.Trainer, pl_module: pl.LightningModule, examples: list[Example],
                  rows: dict[str, Tensor]) -> dict[str, Tensor]:
-        width = rows["tokens"].shape[1]
+        width = rows["tokens"].shape[1] if "tokens" in rows else None  # batch rows: the logits' own length
 
         def logits_of(batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> dict[str, Tensor]:
             logits = outputs["logits"].float()
             if logits.dim() == 2:  # (B, C)
                 return {"logits": logits}
             values, index = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1)  # (B, T, k)
+            if width is None:
+                return {"topk_values": values, "topk_indices": index.int()}
             padded_values = values.new_zeros((values.shape[0], width, values.shape[-1]))  # (B, W, k)
             padded_index = torch.zeros(padded_values.shape, dtype=torch.int32, device=values.device)
             padded_values[:, : values.shape[1]] = values
@@ -120,7 +126,7 @@ class DarkExperienceReplay(Replay):
             return {"topk_values": padded_values, "topk_indices": padded_index}
 
         return forward_examples(trainer, pl_module, examples, logits_of,
-                                getattr(trainer.datamodule, "eval_batch_size", 32))
+                                getattr(trainer.datamodule, "eval_batch_size", 32), self._collate(trainer))
 
     def loss_terms(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                    outputs: Mapping[str, Tensor]) -> dict[str, Tensor]:

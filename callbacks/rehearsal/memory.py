@@ -18,7 +18,8 @@ Policy = Literal["reservoir", "class_balanced", "task_balanced"]
 Selection = Literal["random", "highest_loss"]
 Example = dict[str, Any]
 _DTYPES = {str(d).removeprefix("torch."): d for d in
-           (torch.int32, torch.int64, torch.float32, torch.float16, torch.bfloat16, torch.bool)}
+           (torch.int32, torch.int64, torch.float32, torch.float16, torch.bfloat16, torch.bool, torch.uint8,
+            torch.int8, torch.int16, torch.float64)}
 _CHUNK = 65536  # rows copied at a time when a memory is rebuilt (bounds RAM for memory-mapped memories)
 
 
@@ -273,11 +274,12 @@ def balanced_plan(old_groups: Tensor, new_groups: Tensor, capacity: int, generat
 
 
 def plan_insert(memory: ExampleMemory, examples: Sequence[Mapping[str, Any]], policy: Policy,
-                generator: torch.Generator, *, pool: Tensor | None = None, scores: Tensor | None = None
-                ) -> tuple[Tensor, Tensor]:
+                generator: torch.Generator, *, pool: Tensor | None = None, scores: Tensor | None = None,
+                groups: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Plan offering ``examples`` to ``memory`` under ``policy``: ``(src, take)`` for
     :meth:`ExampleMemory.update`, ``take`` indexing ``examples``. With ``scores`` (one per example of ``pool``,
-    default all) the highest-scoring examples enter instead of random ones."""
+    default all) the highest-scoring examples enter instead of random ones. The balanced policies group by the
+    memory's ``label``/``task`` field and the examples' (or ``groups``, one per example)."""
     pool = torch.arange(len(examples)) if pool is None else pool
     if policy == "reservoir":
         src, take = reservoir_plan(memory.size, memory.seen, memory.capacity, len(examples), generator)
@@ -285,7 +287,8 @@ def plan_insert(memory: ExampleMemory, examples: Sequence[Mapping[str, Any]], po
             take = pool[choose(torch.arange(len(pool)), len(take), generator, scores)]
         return src, take
     key = "label" if policy == "class_balanced" else "task"
-    new_groups = torch.tensor([int(examples[i][key]) for i in pool.tolist()], dtype=torch.long)
+    new_groups = (groups[pool].long() if groups is not None else
+                  torch.tensor([int(examples[i][key]) for i in pool.tolist()], dtype=torch.long))
     old_groups = memory.fields[key].long() if memory.size else torch.zeros(0, dtype=torch.long)
     src, local = balanced_plan(old_groups, new_groups, memory.capacity, generator, scores)
     return src, pool[local]

@@ -25,7 +25,9 @@ class Replay(MemoryCallback):
     The memory is filled at the end of each task from that task's training examples (token ids, lengths,
     labels and task ids as compact tensors; the blocks of a causal-LM stream likewise) under a storage
     ``policy``, choosing at random or by highest loss under the trained model. Every rank holds the same full
-    memory: choices use a generator seeded from ``(seed, task index)`` and model scores are all-gathered.
+    memory: choices use a generator seeded from ``(seed, task index)`` and model scores are all-gathered. A
+    datamodule without ``train_examples`` (a plain ``DataLoader`` per task) offers the rows of the task's training
+    batches instead: dicts of tensors of any modality, stored as they are (docs/reuse.md).
 
     In ``per_batch`` mode every training step draws ``replay_batch_size`` memory examples per rank (one global
     draw seeded from ``(seed, task, step, micro-batch)``, split over ranks, so ranks replay distinct examples

@@ -9,7 +9,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from clight.callbacks._utils import check_arg, head_rows, seeded_generator, trainable_parameters
+from clight.callbacks._rows import TaskRows, stack_rows
+from clight.callbacks._utils import (
+    check_arg,
+    check_head_arg,
+    head_rows,
+    resolve_head,
+    seeded_generator,
+    trainable_parameters,
+)
 from clight.callbacks.rehearsal.base import forward_examples
 from clight.callbacks.weight_space.base import (
     WeightSpaceCallback,
@@ -17,7 +25,8 @@ from clight.callbacks.weight_space.base import (
     load_weights_,
     snapshot,
 )
-from clight.contracts import ContinualModel, ExampleStream, require
+from clight.contracts import ContinualModel, ExampleStream, HasOutputHead, optional, require
+from clight.errors import ClightConfigError
 from clight.task import TaskInfo
 
 DEFAULT_GRID = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
@@ -48,8 +57,10 @@ class WeightInterpolation(WeightSpaceCallback):
     values are kept in ``alphas`` (state) and printed.
 
     The classification head starts from a random init, not a pretrained one, so with ``anchor: pretrained``
-    ``interpolate_head: false`` keeps the fine-tuned head instead of mixing it with noise. State (CPU tensors):
-    the anchor(s) and the chosen ``α`` per task. Sharded strategies are refused.
+    ``interpolate_head: false`` keeps the fine-tuned head (``head``, else the module's ``output_head()``) instead
+    of mixing it with noise. State (CPU tensors): the anchor(s) and the chosen ``α`` per task. With a datamodule
+    that has no ``train_examples`` (a plain ``DataLoader`` per task), ``alpha: auto`` scores on rows of each
+    task's training batches, kept in the state. Sharded strategies are refused.
 
     Args:
         alpha: the weight ``α`` of the fine-tuned model in ``[0, 1]``, or ``auto``.
@@ -58,6 +69,8 @@ class WeightInterpolation(WeightSpaceCallback):
         interpolate_head: also interpolate the classification head's parameters.
         selection_examples: training examples per seen task used to score each ``α`` (``alpha: auto``).
         seed: seed of the example sample; empty: the datamodule's ``seed``.
+        head: the dotted name of the module's output layer (``interpolate_head: false``); empty: its
+            ``output_head()``.
 
     Example (YAML)::
 
@@ -76,8 +89,10 @@ class WeightInterpolation(WeightSpaceCallback):
         interpolate_head: bool = True,
         selection_examples: int = 128,
         seed: int | None = None,
+        head: str | None = None,
     ) -> None:
         super().__init__()
+        check_head_arg(head)
         fixed = isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
         check_arg((fixed and 0.0 <= alpha <= 1.0) or alpha == "auto", "alpha", "a number in [0, 1] or `auto`",
                   alpha, "E.g. `alpha: 0.5` (WiSE-FT's default mix) or `alpha: auto` to choose it per task.")
@@ -100,6 +115,9 @@ class WeightInterpolation(WeightSpaceCallback):
         self.pretrained: dict[str, Tensor] | None = None
         self.task_start: dict[str, Tensor] | None = None
         self.alphas: list[float] = []
+        self.head = head
+        self.batch_rows: TaskRows | None = None  # `alpha: auto` without the stream's examples: the batches' rows
+        self.samples: list[dict[str, Tensor]] = []  # ... of every finished task, `selection_examples` each
 
     @property
     def state_key(self) -> str:
@@ -107,17 +125,41 @@ class WeightInterpolation(WeightSpaceCallback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if stage != "fit" or self.alpha != "auto":
+        if stage != "fit":
             return
-        fix = "Use a fixed `alpha`, or a clight module and stream."
-        require(pl_module, ContinualModel, who="WeightInterpolation(alpha: auto)", role="module", fix=fix)
-        require(trainer.datamodule, ExampleStream, who="WeightInterpolation(alpha: auto)", role="datamodule", fix=fix)
+        if self.head is not None:
+            resolve_head(pl_module, self.head)
+        elif not self.interpolate_head and not isinstance(pl_module, HasOutputHead):
+            raise ClightConfigError(
+                f"`interpolate_head`: false keeps the output head fine-tuned, but `{type(pl_module).__name__}` "
+                "declares none. Give `head: <submodule name>`, declare `output_head()` on the module, or set "
+                "`interpolate_head: true`.")
+        if self.alpha != "auto":
+            return
+        who, fix = "WeightInterpolation(alpha: auto)", "Use a fixed `alpha`, or add the missing members."
+        require(pl_module, ContinualModel, who=who, role="module", fix=fix)
+        if not optional(trainer.datamodule, ExampleStream, who=who, role="datamodule", fix=fix):
+            self.batch_rows = self.batch_rows or TaskRows(self.selection_examples, "WeightInterpolation")
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        if self.batch_rows is not None:
+            self.batch_rows.observe(trainer, batch, self._seed(trainer))
+
+    def on_task_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, task: TaskInfo) -> None:
+        if self.batch_rows is not None:
+            self.batch_rows.start(trainer, task.index)
+        super().on_task_start(trainer, pl_module, task)
+
+    def _seed(self, trainer: pl.Trainer) -> int:
+        return self.seed if self.seed is not None else int(getattr(trainer.datamodule, "seed", 0) or 0)
 
     # ---- task boundaries ---------------------------------------------------------------------------------
     def _tracked(self, pl_module: pl.LightningModule) -> dict[str, Tensor]:
         params = trainable_parameters(pl_module)
         if not self.interpolate_head:
-            for name in head_rows(pl_module):
+            for name in head_rows(pl_module, self.head):
                 params.pop(name, None)
         return params
 
@@ -142,6 +184,12 @@ class WeightInterpolation(WeightSpaceCallback):
 
     # ---- choosing alpha ----------------------------------------------------------------------------------------
     def _selection_examples(self, trainer: pl.Trainer, task: TaskInfo) -> list[list[Any]]:
+        if self.batch_rows is not None:  # rows of every finished task's batches, this one's added now
+            rows = self.batch_rows.gather(trainer)[: self.selection_examples]
+            self.batch_rows.clear()
+            self.samples = self.samples[: task.index] + [stack_rows(rows)]
+            return [[{k: v[i] for k, v in sample.items()} for i in range(len(next(iter(sample.values()))))]
+                    for sample in self.samples if sample]
         dm = trainer.datamodule
         seed = self.seed if self.seed is not None else int(getattr(dm, "seed", 0))
         seen = range(len(dm.train_examples)) if getattr(dm, "joint", False) else range(task.index + 1)
@@ -159,12 +207,13 @@ class WeightInterpolation(WeightSpaceCallback):
         flat = [ex for sample in samples for ex in sample]
         owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(samples)])  # (E,) task of each example
         batch_size = getattr(trainer.datamodule, "eval_batch_size", 32)
+        collate = stack_rows if self.batch_rows is not None else None
         scores = []
         for alpha in self.alpha_grid:
             load_weights_(pl_module, interpolate(anchor, finetuned, alpha))
             losses = forward_examples(trainer, pl_module, flat,
                                       lambda b, o: {"loss": pl_module.per_example_loss(b, o).double()},
-                                      batch_size)["loss"]  # (E,), identical on every rank
+                                      batch_size, collate)["loss"]  # (E,), identical on every rank
             per_task = torch.zeros(len(samples), dtype=torch.float64).index_add_(0, owner, losses)
             per_task /= torch.tensor([len(s) for s in samples], dtype=torch.float64)
             scores.append(float(per_task.mean()))
@@ -176,11 +225,18 @@ class WeightInterpolation(WeightSpaceCallback):
 
     # ---- checkpointing ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "pretrained": cpu_state(self.pretrained),
-                "task_start": cpu_state(self.task_start), "alphas": list(self.alphas)}
+        state = {**super().state_dict(), "pretrained": cpu_state(self.pretrained),
+                 "task_start": cpu_state(self.task_start), "alphas": list(self.alphas)}
+        if self.batch_rows is not None:  # (a collective under DDP while a task is under way)
+            state.update(batch_rows=self.batch_rows.state_dict(), samples=[dict(s) for s in self.samples])
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.pretrained = None if state_dict["pretrained"] is None else dict(state_dict["pretrained"])
         self.task_start = None if state_dict["task_start"] is None else dict(state_dict["task_start"])
         self.alphas = [float(a) for a in state_dict["alphas"]]
+        if "batch_rows" in state_dict:
+            self.batch_rows = self.batch_rows or TaskRows(self.selection_examples, "WeightInterpolation")
+            self.batch_rows.load_state_dict(state_dict["batch_rows"])
+            self.samples = [dict(s) for s in state_dict["samples"]]

@@ -168,13 +168,17 @@ def test_mixed_mode_extends_and_clears_the_task_data() -> None:
     assert trainer.datamodule.extra_train_examples == extra  # idempotent (task start reruns on resume)
 
 
-def test_setup_rejects_class_balanced_on_causal_lm_and_bare_datamodules() -> None:
+def test_setup_rejects_class_balanced_on_causal_lm_and_half_built_datamodules() -> None:
     module = fake_module()
     trainer = fake_trainer([{"input_ids": [1, 2], "labels": [1, 2], "task": 0}], world=1)
     with pytest.raises(ClightConfigError, match="class_balanced"):
         Replay(policy="class_balanced").setup(trainer, module, "fit")
-    with pytest.raises(ClightConfigError, match=r"provides \['collate', 'train_examples'\].*ExampleStream"):
-        Replay().setup(SimpleNamespace(datamodule=object()), module, "fit")
+    half_built = SimpleNamespace(train_examples=[[{"input_ids": [1]}]])
+    with pytest.raises(ClightConfigError, match=r"provides \['collate'\].*ExampleStream"):
+        Replay().setup(SimpleNamespace(datamodule=half_built), module, "fit")
+    bare = Replay()  # a datamodule without the members: the memory keeps rows of the training batches
+    bare.setup(SimpleNamespace(datamodule=object(), strategy=None), module, "fit")
+    assert bare.batch_rows is not None
 
 
 def test_replay_in_a_stream_keeps_a_class_balanced_memory(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ def test_auto_alpha_picks_the_lowest_mean_loss(monkeypatch, target, expected) ->
     # w[0] = alpha. target None: every alpha has the same loss, and the tie goes to the larger alpha.
     seen_sizes = []
 
-    def fake_forward(trainer, module, examples, fn, batch_size):
+    def fake_forward(trainer, module, examples, fn, batch_size, collate=None):
         seen_sizes.append(len(examples))
         x = torch.tensor(examples, dtype=torch.float64)
         w0 = float(module.w[0].detach())
