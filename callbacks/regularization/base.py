@@ -21,7 +21,13 @@ from torch import Tensor
 
 from clight.callback import ContinualCallback, stream_seed
 from clight.callbacks._rows import TaskRows, stack_rows
-from clight.callbacks._utils import check_arg, eval_mode, seeded_generator, trainable_parameters
+from clight.callbacks._utils import (
+    check_arg,
+    eval_mode,
+    logs_this_step,
+    seeded_generator,
+    trainable_parameters,
+)
 from clight.contracts import ExampleStream, optional
 from clight.errors import ClightConfigError
 from clight.functional.penalties import add_quadratic_penalty_grad_, normalize_importance_
@@ -136,7 +142,7 @@ class QuadraticPenalty(ContinualCallback):
         for p in params:  # a parameter unused this step still feels the penalty
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        log = trainer.global_step % max(trainer.log_every_n_steps, 1) == 0
+        log = logs_this_step(trainer)  # the penalty's value costs a reduction: only where Lightning logs it
         # elementwise, so exact on each rank's shard under FSDP (plain tensors: `local` is the identity)
         value = add_quadratic_penalty_grad_(
             [local(p.grad) for p in params], [local(p) for p in params], [local(a) for _, a, _ in triples],

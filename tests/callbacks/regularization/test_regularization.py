@@ -280,3 +280,40 @@ def test_ewc_gradient_under_accumulation_equals_the_unaccumulated_one() -> None:
         # the penalty is in there exactly once: optimizer gradient − task gradient = λ Ω (θ0 − θ*)
         assert torch.allclose(full[name] - plain[name], penalty[name], atol=1e-5), name
     assert max(p.abs().max().item() for p in penalty.values()) > 1e-3
+
+
+def test_the_logged_penalty_is_its_value_at_the_step_lightning_writes(tmp_path) -> None:
+    """The penalty is computed only on the steps Lightning writes (it costs a reduction); the value written at a
+    step must be that step's, not one left over from an earlier step."""
+    from lightning.pytorch.loggers.logger import Logger
+    from reuse_modules import loader, make_module
+
+    written: list[tuple[int, dict[str, float]]] = []
+
+    class Record(Logger):
+        name, version = "record", "0"
+
+        def log_metrics(self, metrics, step=None):
+            written.append((step, {k: float(v) for k, v in metrics.items()}))
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+    anchor, expected = L2Anchor(strength=1.0, anchor="pretrained"), {}  # penalised from the first step
+
+    class Expected(Callback):  # listed before the anchor: sees the weights its penalty sees
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if anchor.anchor:
+                params = dict(pl_module.named_parameters())
+                names = list(anchor.anchor)
+                expected[trainer.global_step] = float(quadratic_penalty(
+                    [params[n].detach() for n in names], [anchor.anchor[n] for n in names], None, 1.0))
+
+    module = make_module("mlp")
+    pl.Trainer(max_epochs=3, log_every_n_steps=2, logger=Record(), callbacks=[Expected(), anchor],
+               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+               default_root_dir=tmp_path).fit(module, loader("mlp", 0))
+    logged = {step: m["train/penalty_l2"] for step, m in written if "train/penalty_l2" in m}
+    assert len(logged) >= 3 and len(set(logged.values())) == len(logged)  # the weights move: every value differs
+    for step, value in logged.items():
+        assert value == pytest.approx(expected[step], rel=1e-5), (step, logged, expected)
