@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI, instantiate_class
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -28,18 +29,22 @@ from clight.errors import ClightConfigError
 from clight.fingerprint import config_fingerprint
 from clight.module import ContinualModule
 from clight.options import StreamOptions, check_callbacks, check_trainer_kwargs
+from clight.print_config import print_runner_config, split_print_config
 from clight.run_folder import check_run_dir
 from clight.runner import StreamRunner
 
 
 class _QuietTrainerBanner(logging.Filter):
-    """Every task builds a fresh Trainer; print the hardware banner once, not once per task."""
+    """Every task builds a fresh Trainer; print the hardware banner once, not once per task, and never Lightning's
+    advertisement for its cloud logger (clight logs to TensorBoard)."""
 
     _seen: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        if msg.startswith(("GPU available", "TPU available", "HPU available", "💡 Tip")):
+        if msg.startswith("💡 Tip") and "litlogger" in msg:
+            return False
+        if msg.startswith(("GPU available", "TPU available", "HPU available")):
             if msg in self._seen:
                 return False
             self._seen.add(msg)
@@ -57,7 +62,8 @@ class ContinualCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", None)
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("auto_configure_optimizers", False)
-        kwargs.setdefault("trainer_defaults", {"logger": False, "log_every_n_steps": 5})
+        kwargs.setdefault("trainer_defaults", {"logger": False, "log_every_n_steps": 5, "use_distributed_sampler": False,
+                                               "num_sanity_val_steps": 0})
         # parser errors are raised (and printed as one line by `main`), not printed with the whole usage
         kwargs.setdefault("parser_kwargs", {"description": "Continual fine-tuning of pretrained models.",
                                             "exit_on_error": False, "fit": {"exit_on_error": False}})
@@ -65,6 +71,20 @@ class ContinualCLI(LightningCLI):
 
     def subcommands(self) -> dict[str, set[str]]:  # only `fit` trains a stream
         return {"fit": {"model", "datamodule"}}
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """``--print_config`` prints the config as every task's Trainer will get it (:mod:`clight.print_config`)."""
+        argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, (dict, Namespace)) else None
+        kept, flags = split_print_config(argv) if argv is not None else (None, None)
+        if flags is None:
+            return super().parse_arguments(parser, args)
+        self.config = parser.parse_args(kept)
+        subcommand = self.config.get("subcommand")
+        if subcommand is None:
+            return super().parse_arguments(parser, args)
+        check_trainer_kwargs(self.config[subcommand]["trainer"].as_dict())
+        print_runner_config(self._parser(subcommand), self.config[subcommand], flags)
+        raise SystemExit(0)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_class_arguments(StreamOptions, "stream")
@@ -126,8 +146,10 @@ def quiet_warnings() -> None:
     """Silence the warnings that clight's own design triggers (set by the ``clight`` command only, never on
     import): the runner evaluates with explicit loaders after each task, so `fit` has no val loader by design;
     and the train loader *is* resumable mid-epoch (`ResumableBatchSampler` skips the trained batches), which
-    Lightning cannot see."""
+    Lightning cannot see. And Lightning's own batch flattening builds torch's deprecated ``LeafSpec`` at every step
+    (torch >= 2.10), which the user can do nothing about."""
     warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
 
 

@@ -76,8 +76,27 @@ def _cpu_processes(kwargs: Mapping[str, Any]) -> int | None:
     return None
 
 
+# trainer arguments the stream runner sets itself on every task's Trainer: a value other than the one it uses
+# would be silently ignored, so it is refused (the value, and why the runner sets it)
+RUNNER_SETS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "logger": ((None, True, False), "clight writes TensorBoard events itself, to `<run_dir>/tensorboard` (one "
+               "monotonic step axis across the stream's tasks)"),
+    "default_root_dir": ((None,), "every file of a run goes to `stream.run_dir`; set that instead"),
+    "use_distributed_sampler": ((False,), "the continual datamodule shards its batches over ranks itself"),
+    "num_sanity_val_steps": ((0,), "the runner evaluates every task before and after training itself"),
+}
+
+
 def check_trainer_kwargs(kwargs: Mapping[str, Any]) -> None:
-    """Refuse, in one line, trainer arguments that would train nothing, or start more CPU processes than cores."""
+    """Refuse, in one line, trainer arguments that would train nothing, that the runner would ignore, or that would
+    start more CPU processes than cores."""
+    for key, (kept, why) in RUNNER_SETS.items():
+        value = kwargs.get(key, kept[0])
+        if not any(value is k or (type(value) is type(k) and value == k) for k in kept):
+            raise ClightConfigError(
+                f"`trainer.{key}` is {_short(value)}, but `clight fit` would ignore it: {why}. Remove "
+                f"`trainer.{key}` from the config (`--print_config` shows what every task's Trainer gets)."
+            )
     for key in ("max_steps", "max_epochs", "limit_train_batches"):
         value = kwargs.get(key)
         if value is not None and not isinstance(value, bool) and value == 0:
@@ -107,6 +126,14 @@ def check_callbacks(callbacks: Sequence[Callback]) -> None:
                 "second one different arguments."
             )
         seen[key] = cb
+
+
+def _short(value: Any) -> str:
+    def name(v: Any) -> Any:
+        return str(v["class_path"]).rsplit(".", 1)[-1] if isinstance(v, Mapping) and "class_path" in v else v
+
+    text = repr([name(v) for v in value] if isinstance(value, (list, tuple)) else name(value))
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def warn(message: str) -> None:

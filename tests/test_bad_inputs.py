@@ -172,6 +172,13 @@ ROWS = [
         "`stream.checkpoint_every_n_steps`"),
     Row("resume_and_overwrite", ["--resume", "--stream.overwrite", "true"], "`stream.resume`"),
     Row("ckpt_path", ["--ckpt_path", "x.ckpt"], "`--ckpt_path`"),
+    # arguments every task's Trainer gets from the runner instead: refused rather than silently ignored
+    Row("trainer_default_root_dir", ["--trainer.default_root_dir", "elsewhere"], "`trainer.default_root_dir`"),
+    Row("trainer_distributed_sampler", ["--trainer.use_distributed_sampler", "true"],
+        "`trainer.use_distributed_sampler`"),
+    Row("trainer_sanity_steps", ["--trainer.num_sanity_val_steps", "2"], "`trainer.num_sanity_val_steps`"),
+    Row("trainer_logger", ["--trainer.logger+=TensorBoardLogger", "--trainer.logger.save_dir", "tb"],
+        "`trainer.logger`"),
     Row("user_logger", ["--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir=csv_logs"],
         "`trainer.logger`"),
     # parser and YAML errors: one line, no usage

@@ -135,3 +135,46 @@ def test_every_task_gets_the_users_callbacks_and_short_names_resolve() -> None:
     # LightningCLI's own Trainer appends ModelCheckpoint, a progress bar and a model summary to the list it gets;
     # none of them may reach the stream's Trainers (they would save a stray checkpoint and hide the task's bar)
     assert cli.seen == ["Replay", "EWC"]
+
+
+def test_print_config_shows_what_every_tasks_trainer_really_gets(tmp_path: Path, capsys) -> None:
+    import yaml
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(TINY), "--stream.run_dir", str(run_dir), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    header = [line for line in printed.splitlines() if line.startswith("#")]
+    assert any("TaskProgressBar" in line for line in header) and any("AtomicCheckpointIO" in line for line in header)
+    trainer = yaml.safe_load(printed)["trainer"]
+    # the runner's own values, not jsonargparse's defaults that it would override
+    assert trainer["logger"] == {"class_path": "clight.tb.StreamTensorBoardLogger",
+                                 "init_args": {"save_dir": str(run_dir)}}
+    assert trainer["default_root_dir"] == str(run_dir)
+    assert trainer["use_distributed_sampler"] is False and trainer["num_sanity_val_steps"] == 0
+    assert not run_dir.exists()  # printing builds nothing
+
+
+def test_print_config_refuses_an_argument_fit_would_ignore(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(TINY), "--trainer.default_root_dir", "elsewhere", "--print_config"])
+    assert exit_info.value.code == 2
+    assert "`trainer.default_root_dir`" in capsys.readouterr().err
+
+
+def test_the_litlogger_tip_is_dropped_and_the_hardware_banner_shown_once() -> None:
+    import logging
+
+    from clight.cli import _QuietTrainerBanner
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("lightning.pytorch.utilities.rank_zero", logging.INFO, "", 0, msg, None, None)
+
+    quiet = _QuietTrainerBanner()
+    quiet._seen = set()
+    tip = "💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger](https://x)"
+    assert not quiet.filter(record(tip))
+    assert quiet.filter(record("GPU available: False, used: False"))
+    assert not quiet.filter(record("GPU available: False, used: False"))
+    assert quiet.filter(record("`Trainer.fit` stopped: `max_steps=2` reached."))
