@@ -5,7 +5,10 @@ forgetting of ROUGE-L, every probe's score before and after the stream and its r
 step and its ratio to naive from a timing file of tools/bench/llm_step_time.py-style runs when given, else the
 cells' own, flagged; peak RSS). Prints Markdown.
 
-    python tools/docs/llm_results.py runs/llm_bench [--timing runs/llm_timing.json]
+    python tools/docs/llm_results.py runs/llm_bench [--timing runs/llm_timing.json | --no-speed]
+
+`--no-speed` leaves the seconds-per-step columns out, for cells that ran while other work shared the cores (their
+step times measure the contention, not the method).
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ def fmt(values: list[float | None], digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def table(cells: dict[str, list[dict]], timing: dict[str, float] | None, naive: str = "llm_naive") -> str:
+def table(cells: dict[str, list[dict]], timing: dict[str, float] | None, naive: str = "llm_naive",
+          speed: bool = True) -> str:
     head = ["method", "seeds", "ROUGE-L avg", "EM avg", "ROUGE-L BWT", "ROUGE-L forgetting"]
-    head += [f"{p} {m} (base → final, retention)" for p, m in PROBES] + ["s/step", "× naive", "peak RSS MB"]
+    head += [f"{p} {m} (base → final, retention)" for p, m in PROBES]
+    head += ["s/step", "× naive", "peak RSS MB"] if speed else ["peak RSS MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base_step = None
     if timing and naive in timing:
@@ -58,8 +63,9 @@ def table(cells: dict[str, list[dict]], timing: dict[str, float] | None, naive: 
             row.append(f"{fmt([e['initial'] for e in entries], digits)} → {fmt([e['final'] for e in entries], digits)}"
                        f" ({fmt([e['retention'] for e in entries])})")
         step = timing.get(method) if timing else statistics.mean(r["timing"]["seconds_per_step"] for r in runs)
-        row += [f"{step:.2f}" if step else "—", f"{step / base_step:.2f}" if step and base_step else "—",
-                fmt([r["peak_rss_mb"] for r in runs], 0)]
+        if speed:
+            row += [f"{step:.2f}" if step else "—", f"{step / base_step:.2f}" if step and base_step else "—"]
+        row.append(fmt([r["peak_rss_mb"] for r in runs], 0))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -68,9 +74,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bench", type=Path)
     parser.add_argument("--timing", type=Path, default=None, help="JSON {method: seconds per step} of a quiet run")
+    parser.add_argument("--no-speed", action="store_true", help="leave the seconds-per-step columns out")
     args = parser.parse_args()
     timing = json.loads(args.timing.read_text()) if args.timing else None
-    print(table(load_cells(args.bench), timing))
+    print(table(load_cells(args.bench), timing, speed=not args.no_speed))
 
 
 if __name__ == "__main__":
