@@ -57,6 +57,7 @@ class ContinualCLI(LightningCLI):
     options (:class:`~clight.runner.StreamOptions`)."""
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
+        import clight.callbacks  # noqa: F401  (every technique known by its short name: `--trainer.callbacks+=EWC`)
         from clight.datamodules import ContinualDataModule
 
         kwargs.setdefault("save_config_callback", None)

@@ -178,3 +178,11 @@ def test_the_litlogger_tip_is_dropped_and_the_hardware_banner_shown_once() -> No
     assert quiet.filter(record("GPU available: False, used: False"))
     assert not quiet.filter(record("GPU available: False, used: False"))
     assert quiet.filter(record("`Trainer.fit` stopped: `max_steps=2` reached."))
+
+
+def test_short_callback_names_resolve_in_a_fresh_process_with_no_callbacks_in_the_config() -> None:
+    # in-process the techniques are already imported by other tests; the command must import them itself
+    proc = _clight("fit", "-c", str(TINY), "--trainer.callbacks+=Replay", "--trainer.callbacks+=EWC",
+                   "--print_config")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "class_path: clight.callbacks.Replay" in proc.stdout and "class_path: clight.callbacks.EWC" in proc.stdout
