@@ -35,7 +35,8 @@ from clight.runner import StreamRunner
 
 
 class _QuietTrainerBanner(logging.Filter):
-    """Every task builds a fresh Trainer; print the hardware banner once, not once per task, and never Lightning's
+    """Every task builds a fresh Trainer; print the hardware banner once, not once per task, and neither the
+    Trainer's "stopped: max_epochs reached" at each task's end (it broke the task's bar) nor Lightning's
     advertisement for its cloud logger (clight logs to TensorBoard)."""
 
     _seen: set[str] = set()
@@ -43,6 +44,8 @@ class _QuietTrainerBanner(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
         if msg.startswith("💡 Tip") and "litlogger" in msg:
+            return False
+        if msg.startswith("`Trainer.fit` stopped:"):  # every task's Trainer stops at its budget, by design
             return False
         if msg.startswith(("GPU available", "TPU available", "HPU available")):
             if msg in self._seen:

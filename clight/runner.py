@@ -132,7 +132,8 @@ class StreamRunner(ResumeMixin):
         if self.config_text and state.completed == 0 and not state.initial_done:
             self._write_config()
         if self.options.eval_initial and not state.initial_done:
-            trainer = self._trainer(label="initial", extra=[], eval_names=datamodule.eval_names)
+            trainer = self._trainer(label="initial", extra=[], eval_names=datamodule.eval_names,
+                                    eval_label="before training")
             values, _ = self._evaluate(trainer, module, datamodule)
             state.set_initial(values)
             self.logger.log_metrics(stage_metrics(state, values), step=0)
@@ -173,13 +174,13 @@ class StreamRunner(ResumeMixin):
 
     # ---- one task -----------------------------------------------------------------------------------------
     def _trainer(self, *, label: str, extra: list[Callback], budget: Any = None,
-                 eval_names: list[str] | None = None) -> pl.Trainer:
+                 eval_names: list[str] | None = None, eval_label: str | None = None) -> pl.Trainer:
         kwargs = dict(self.trainer_kwargs)
         if self._strategy_template is not None:
             kwargs["strategy"] = copy.deepcopy(self._strategy_template)
         callbacks = [*self.callbacks, *extra]
         if kwargs.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            callbacks.append(TaskProgressBar(label, eval_names=eval_names))
+            callbacks.append(TaskProgressBar(label, eval_names=eval_names, eval_label=eval_label))
         if budget is not None and budget.max_epochs is not None:
             kwargs["max_epochs"] = budget.max_epochs
         if budget is not None and budget.max_steps is not None:

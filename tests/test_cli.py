@@ -177,7 +177,8 @@ def test_the_litlogger_tip_is_dropped_and_the_hardware_banner_shown_once() -> No
     assert not quiet.filter(record(tip))
     assert quiet.filter(record("GPU available: False, used: False"))
     assert not quiet.filter(record("GPU available: False, used: False"))
-    assert quiet.filter(record("`Trainer.fit` stopped: `max_steps=2` reached."))
+    assert not quiet.filter(record("`Trainer.fit` stopped: `max_steps=2` reached."))
+    assert quiet.filter(record("Seed set to 0"))
 
 
 def test_short_callback_names_resolve_in_a_fresh_process_with_no_callbacks_in_the_config() -> None:
