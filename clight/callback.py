@@ -222,3 +222,14 @@ def add_loss_terms(module: pl.LightningModule, loss: Tensor, batch: Any, outputs
         module.log("train/loss_task", loss, batch_size=size)
     module.log("train/loss", total, prog_bar=True, batch_size=size)
     return total
+
+
+def logs_this_step(trainer: Any) -> bool:
+    """Whether Lightning writes the step metrics of the optimizer step about to run (checked before it runs, in
+    ``on_before_optimizer_step``), so that a value computed only on such steps is the one that gets logged. Lightning
+    logs when ``(steps done + 1) % log_every_n_steps == 0``, not at ``global_step % n == 0``."""
+    connector = getattr(trainer, "_logger_connector", None)
+    if connector is not None:
+        return bool(connector.should_update_logs)
+    every = getattr(trainer, "log_every_n_steps", 1)
+    return every > 0 and (trainer.global_step + 1) % every == 0

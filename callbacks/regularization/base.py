@@ -2,11 +2,10 @@
 anchor ``θ*`` per trainable parameter, and the penalty ``λ/2 · Σ Ω (θ − θ*)²`` applied as a closed-form gradient.
 
 Why a closed-form gradient and not a loss term: ``tools/bench/penalty_speed.py`` times both on the real MiniLM's
-parameters. Adding ``λ Ω (θ − θ*)`` to the accumulated gradient in ``on_before_optimizer_step`` is one
-``torch._foreach_*`` pass per optimizer step; a loss term builds an autograd graph over every parameter and runs
-it on every micro-batch. Both are exact under gradient accumulation (the hook runs once per optimizer step, after
-accumulation) and under AMP (Lightning calls the hook after unscaling for ``16-mixed``; ``bf16`` has no scaler),
-and the penalty is still included in gradient clipping, which Lightning applies after the hook.
+parameters. Adding ``λ Ω (θ − θ*)`` to the accumulated gradient in ``on_before_optimizer_step`` is one ``_foreach``
+pass per optimizer step; a loss term builds an autograd graph over every parameter on every micro-batch. Both are
+exact under gradient accumulation (the hook runs once per optimizer step) and AMP (Lightning calls the hook after
+unscaling; ``bf16`` has no scaler); gradient clipping, applied after the hook, includes the penalty.
 """
 
 from __future__ import annotations
@@ -19,15 +18,9 @@ import torch
 from lightning.fabric.utilities import move_data_to_device
 from torch import Tensor
 
-from clight.callback import ContinualCallback, stream_seed
+from clight.callback import ContinualCallback, logs_this_step, stream_seed
 from clight.callbacks._rows import TaskRows, stack_rows
-from clight.callbacks._utils import (
-    check_arg,
-    eval_mode,
-    logs_this_step,
-    seeded_generator,
-    trainable_parameters,
-)
+from clight.callbacks._utils import check_arg, eval_mode, seeded_generator, trainable_parameters
 from clight.contracts import ExampleStream, optional
 from clight.errors import ClightConfigError
 from clight.functional.penalties import add_quadratic_penalty_grad_, normalize_importance_
