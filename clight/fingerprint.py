@@ -34,7 +34,7 @@ COSMETIC_CALLBACKS = frozenset({
 })
 # data and tokenizer locations: the stream fingerprint identifies their content
 _PATHS = re.compile(r"^data\.init_args\.(train_file|test_file|tokenizer|tasks\[[^\]]*\]\.(train|test)|"
-                    r"probes\[[^\]]*\]\.file)$")
+                    r"probes\[[^\]]*\]\.file|dataset\.(path|data_files|data_dir|cache_dir)(\..*)?)$")
 ABSENT = object()
 
 

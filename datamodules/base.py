@@ -10,9 +10,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from clight.datamodules.checks import check_arguments, check_examples, task_specs
+from clight.datamodules.hf_source import HFDataset, as_spec, read_dataset_tasks
 from clight.datamodules.io import read_task_rows, stream_fingerprint
 from clight.datamodules.probes import resolve_probes
-from clight.datamodules.sampling import PaddedView, ResumableBatchSampler, fixed_sample
+from clight.datamodules.sampling import PaddedView, ResumableBatchSampler, batches_done, fixed_sample
 from clight.datamodules.tokenizers import check_unk_rate, load_tokenizer
 from clight.errors import ClightConfigError
 from clight.task import Probe, Task, TaskInfo
@@ -28,18 +29,22 @@ UNK_SAMPLE_ROWS = 64  # training rows of each task that the unknown-token check 
 class ContinualDataModule(pl.LightningDataModule):
     """Base of clight's task streams.
 
-    A stream is read from local files: either one train and one test file with a ``task`` column, or a
-    ``tasks`` list naming per-task files. Subclasses turn rows into examples (:meth:`encode`) and batches
-    (:meth:`collate`). The stream runner calls :meth:`prepare_stream` once, then :meth:`set_stage` before each
-    task; ``train_dataloader`` serves the current stage and :meth:`eval_dataloaders` one loader per task.
+    A stream is read from one source: one train and one test file with a ``task`` column, a ``tasks`` list naming
+    per-task files, or a Hugging Face ``dataset`` with a ``task`` column. Subclasses turn rows into examples
+    (:meth:`encode`) and batches (:meth:`collate`). The stream runner calls :meth:`prepare_stream` once, then
+    :meth:`set_stage` before each task; ``train_dataloader`` serves the current stage and :meth:`eval_dataloaders`
+    one loader per task.
 
     Args:
         train_file: training rows of every task, with a ``task_column``.
         test_file: evaluation rows of every task, with a ``task_column``.
         tasks: the tasks in stream order. With ``train_file``/``test_file`` only ``name`` (and ``labels``) are
             needed and select/order the tasks; without them every task names its own ``train``/``test`` files.
-            Empty: every task found in ``train_file``, in order of first appearance.
-        task_column: column naming the task in ``train_file``/``test_file``.
+            Empty: every task of ``train_file`` (or the ``dataset``'s train split), in order of first appearance.
+        task_column: column naming the task in ``train_file``/``test_file`` or the ``dataset``'s splits.
+        dataset: a Hugging Face ``datasets`` source (:class:`~clight.datamodules.hf_source.HFDataset`; needs
+            ``clight[data]``): ``{path: json, data_files: {train: a.jsonl, test: b.jsonl}}`` or a hub name (offline:
+            from the local cache). Memory-mapped, its rows are read lazily; the encoded examples are kept in RAM.
         tokenizer: tokenizer folder (or ``pkg:<package>``); empty: the model's own.
         batch_size: training batch size per device.
         eval_batch_size: evaluation batch size (default ``batch_size``).
@@ -63,6 +68,7 @@ class ContinualDataModule(pl.LightningDataModule):
         test_file: str | None = None,
         tasks: list[Task] | None = None,
         task_column: str = "task",
+        dataset: HFDataset | None = None,
         tokenizer: str | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -77,8 +83,8 @@ class ContinualDataModule(pl.LightningDataModule):
         super().__init__()
         check_arguments(train_file=train_file, test_file=test_file, tasks=tasks, batch_size=batch_size,
                         max_length=max_length, eval_batch_size=eval_batch_size, eval_max_examples=eval_max_examples,
-                        num_workers=num_workers)
-        self.train_file, self.test_file = train_file, test_file
+                        num_workers=num_workers, dataset=dataset)
+        self.train_file, self.test_file, self.dataset = train_file, test_file, as_spec(dataset)
         self.task_specs = task_specs(tasks)
         self.probe_specs = [p if isinstance(p, Probe) else Probe(**p) for p in (probes or [])]
         self.probes: list[Probe] = []
@@ -194,20 +200,16 @@ class ContinualDataModule(pl.LightningDataModule):
         if self._prepared:
             return
         tasks, train_rows, test_rows = self._read_tasks()
-        tasks = self.resolve_labels(tasks, train_rows)
-        self.tasks = tasks
+        self.tasks = tasks = self.resolve_labels(tasks, train_rows)
         if self.tokenizer is None:
             self.tokenizer = self.make_tokenizer()
         for t, rows in zip(tasks, train_rows):
             check_unk_rate(self.tokenizer, self.tokenizer_texts(rows[:UNK_SAMPLE_ROWS], self._path(t, "train")),
                            argument="data.tokenizer", source=f"the training text of task {t.name!r}")
-        self.train_examples = [
-            self.encode(r, i, path=self._path(t, "train"), split="train") for i, (t, r) in enumerate(zip(tasks, train_rows))
-        ]
-        self.test_examples = [
-            fixed_sample(self.encode(r, i, path=self._path(t, "test"), split="test"), self.eval_max_examples, self.seed)
-            for i, (t, r) in enumerate(zip(tasks, test_rows))
-        ]
+        self.train_examples = [self.encode(r, i, path=self._path(t, "train"), split="train")
+                               for i, (t, r) in enumerate(zip(tasks, train_rows))]
+        self.test_examples = [fixed_sample(self.encode(r, i, path=self._path(t, "test"), split="test"),
+                                           self.eval_max_examples, self.seed) for i, (t, r) in enumerate(zip(tasks, test_rows))]
         for j, (probe, rows) in enumerate(resolve_probes(self.probe_specs, task_column=self.task_column,
                                                          task_names=self.task_names)):
             self.probes.append(probe)
@@ -224,10 +226,14 @@ class ContinualDataModule(pl.LightningDataModule):
                                                    joint=self.joint, probes=list(zip(self.probe_names, self.probe_examples)))
         return self._fingerprint
 
-    def _path(self, task: Task, split: str) -> str:
+    def _path(self, task: Task, split: str) -> str:  # how error messages name a task's data
+        if self.dataset is not None:
+            return self.dataset.where(split)
         return str(getattr(task, split) or (self.train_file if split == "train" else self.test_file))
 
-    def _read_tasks(self) -> tuple[list[Task], list[list[dict]], list[list[dict]]]:
+    def _read_tasks(self) -> tuple[list[Task], list[Any], list[Any]]:
+        if self.dataset is not None:
+            return read_dataset_tasks(self.dataset, self.task_specs, self.task_column)
         return read_task_rows(self.task_specs, self.train_file, self.test_file, self.task_column)
     # ---- loaders -------------------------------------------------------------------------------------------
     def _dist(self) -> tuple[int, int]:
@@ -258,17 +264,9 @@ class ContinualDataModule(pl.LightningDataModule):
         sampler = ResumableBatchSampler(
             len(examples), self.batch_size, shuffle=True, seed=self.seed, task_index=self.stage_index,
             rank=rank, world_size=world, epoch=trainer.current_epoch if trainer is not None else 0,
-            drop_last=self.drop_last, skip_fn=(lambda: self._batches_done(len(sampler))) if trainer is not None else None,
+            drop_last=self.drop_last, skip_fn=(lambda: batches_done(trainer, len(sampler))) if trainer is not None else None,
         )
         return self._loader(examples, sampler)
-
-    def _batches_done(self, batches_per_epoch: int) -> int:
-        """Batches of the current epoch already trained (non-zero only right after a mid-epoch resume)."""
-        trainer = self.trainer
-        accumulate = trainer.accumulate_grad_batches
-        steps_per_epoch = -(-batches_per_epoch // accumulate)
-        done_steps = trainer.global_step - trainer.current_epoch * steps_per_epoch
-        return max(0, min(batches_per_epoch, done_steps * accumulate))
 
     def eval_dataloaders(self) -> list[DataLoader]:
         """One loader per task of the stream (seen and unseen), then one per probe, sharded across ranks.

@@ -11,8 +11,8 @@ from clight.task import Task
 
 def check_arguments(*, train_file: str | None, test_file: str | None, tasks: list[Any] | None, batch_size: int,
                     max_length: int, eval_batch_size: int | None, eval_max_examples: int | None,
-                    num_workers: int) -> None:
-    """Refuse, in one line, sizes below 1, half-given files and a stream with no data."""
+                    num_workers: int, dataset: Any = None) -> None:
+    """Refuse, in one line, sizes below 1, half-given files, a stream with no data or with two sources."""
     for name, value in (("batch_size", batch_size), ("max_length", max_length)):
         if value < 1:
             raise ClightConfigError(f"`{name}` must be >= 1, got {value}.")
@@ -22,13 +22,27 @@ def check_arguments(*, train_file: str | None, test_file: str | None, tasks: lis
         raise ClightConfigError(f"`eval_max_examples` must be >= 1 or empty, got {eval_max_examples}.")
     if num_workers < 0:
         raise ClightConfigError(f"`num_workers` must be >= 0 (0: load in the main process), got {num_workers}.")
+    sources = [name for name, given in (
+        ("`train_file`/`test_file`", train_file is not None or test_file is not None),
+        ("per-task `train`/`test` files in `tasks`", any(_files_of(t) for t in tasks or [])),
+        ("`dataset`", dataset is not None)) if given]
+    if len(sources) > 1:
+        raise ClightConfigError(
+            f"the stream's data is given twice: {' and '.join(sources)}. Expected exactly one source: "
+            "`train_file`/`test_file`, per-task files in `tasks`, or `dataset`; keep one, set the others to null.")
     if (train_file is None) != (test_file is None):
         raise ClightConfigError("`train_file` and `test_file` go together: give both or neither.")
-    if train_file is None and not tasks:
+    if train_file is None and dataset is None and not tasks:
         raise ClightConfigError(
-            "no data: give `train_file` and `test_file` (with a task column), or a `tasks` list whose "
-            "entries name their own `train` and `test` files."
+            "no data: give `train_file` and `test_file` (with a task column), a `tasks` list whose "
+            "entries name their own `train` and `test` files, or a `dataset` (Hugging Face `datasets`)."
         )
+
+
+def _files_of(task: Any) -> bool:
+    """Whether a ``tasks`` entry (a :class:`Task` or a dict) names its own files."""
+    get = task.get if isinstance(task, dict) else lambda key: getattr(task, key, None)
+    return bool(get("train") or get("test"))
 
 
 def task_specs(tasks: list[Any] | None) -> list[Task]:

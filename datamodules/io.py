@@ -1,4 +1,5 @@
-"""Read local JSONL / CSV / Parquet files into lists of row dicts, with errors that name the file."""
+"""Read local JSONL / CSV / Parquet files into lists of row dicts, with errors that name the file (a
+``data.dataset`` source is read lazily instead: :mod:`clight.datamodules.hf_source`)."""
 
 from __future__ import annotations
 
@@ -30,14 +31,20 @@ def read_rows(path: str | Path, *, argument: str) -> list[dict[str, Any]]:
             f"you run clight from ({Path.cwd()}); expected a {'/'.join(SUFFIXES)} file."
         )
     suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ClightConfigError(
+                f"`{argument}`: reading the Parquet file {str(path)!r} needs pyarrow, which is not installed; "
+                "pip install 'clight[parquet]', or give a .jsonl or .csv file."
+            ) from None
     try:
         if suffix in (".jsonl", ".json"):
             return _read_jsonl(path)
         if suffix == ".csv":
             return _read_csv(path, argument)
         if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
             return pq.read_table(path).to_pylist()
     except (OSError, UnicodeDecodeError) as err:
         raise ClightConfigError(f"`{argument}`: cannot read {str(path)!r}: {err}") from err
@@ -94,8 +101,18 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def column(rows: list[dict[str, Any]], name: str, *, path: str, argument: str) -> list[Any]:
-    """Values of one column; a clear error when a row lacks it or holds null there."""
+def column(rows: Sequence[dict[str, Any]], name: str, *, path: str, argument: str) -> list[Any]:
+    """Values of one column; a clear error when a row lacks it or holds null there. ``rows``: a list of row
+    dicts, or a lazy view of a ``datasets`` table (``hf_source.Rows``), of which only this column is read."""
+    if hasattr(rows, "column_names"):
+        if name not in rows.column_names:
+            raise ClightConfigError(f"{path!r} has no column {name!r} (columns found: {sorted(rows.column_names)}). "
+                                    f"Set `{argument}` to the right column name.")
+        values = rows.values(name)
+        if None in values:
+            raise ClightConfigError(f"{path!r} row {_row(rows, values.index(None))}: column {name!r} is empty (null). "
+                                    "Fill it in or remove the row.")
+        return values
     for i, row in enumerate(rows):
         if name not in row:
             raise ClightConfigError(
@@ -107,6 +124,11 @@ def column(rows: list[dict[str, Any]], name: str, *, path: str, argument: str) -
                 f"{path!r} row {i + 1}: column {name!r} is empty (null). Fill it in or remove the row."
             )
     return [row[name] for row in rows]
+
+
+def _row(rows: Sequence[Any], i: int) -> int:
+    """The 1-based row number of ``rows[i]`` (in its split, for a ``datasets`` view; else in ``rows``)."""
+    return rows.row_number(i) if hasattr(rows, "row_number") else i + 1
 
 
 def _kind(value: Any) -> str | None:
@@ -124,7 +146,7 @@ def _kind(value: Any) -> str | None:
     return None
 
 
-def text_column(rows: list[dict[str, Any]], name: str, *, path: str, argument: str) -> list[str]:
+def text_column(rows: Sequence[dict[str, Any]], name: str, *, path: str, argument: str) -> list[str]:
     """The text of one column: every cell a non-empty string (or a number), else a one-line error naming the row
     (an empty cell or a JSON object would otherwise train as ``""`` or ``"{'a': 1}"``)."""
     values = column(rows, name, path=path, argument=argument)
@@ -132,20 +154,20 @@ def text_column(rows: list[dict[str, Any]], name: str, *, path: str, argument: s
         wrong = _kind(value)
         if wrong is not None:
             raise ClightConfigError(
-                f"{path!r} row {i + 1}: column {name!r} holds {wrong}, not text; every {name!r} cell must be a "
+                f"{path!r} row {_row(rows, i)}: column {name!r} holds {wrong}, not text; every {name!r} cell must be a "
                 "non-empty string. Fix the row or remove it."
             )
     return [str(v) for v in values]
 
 
-def label_column(rows: list[dict[str, Any]], name: str, *, path: str, argument: str) -> list[str]:
+def label_column(rows: Sequence[dict[str, Any]], name: str, *, path: str, argument: str) -> list[str]:
     """The labels of one column, as strings: every cell a string, a number or a boolean."""
     values = column(rows, name, path=path, argument=argument)
     for i, value in enumerate(values):
         wrong = None if isinstance(value, bool) else _kind(value)
         if wrong is not None:
             raise ClightConfigError(
-                f"{path!r} row {i + 1}: column {name!r} holds {wrong}, not a label; a label is a string or an "
+                f"{path!r} row {_row(rows, i)}: column {name!r} holds {wrong}, not a label; a label is a string or an "
                 "integer. Fix the row or remove it."
             )
     return [str(v) for v in values]
@@ -176,7 +198,6 @@ def read_task_rows(specs: Sequence[Any], train_file: str | None, test_file: str 
     """The tasks of a stream and their train and test rows: from one train and one test file with a task column
     (``specs`` select and order the tasks; empty: every task, in order of first appearance), or from the files
     every task of ``specs`` names."""
-    from clight.task import Task
 
     if train_file is None:
         for t in specs:
@@ -189,12 +210,20 @@ def read_task_rows(specs: Sequence[Any], train_file: str | None, test_file: str 
         return list(specs), train, test
     train_by = _group(read_rows(train_file, argument="data.train_file"), train_file, task_column)
     test_by = _group(read_rows(test_file, argument="data.test_file"), test_file, task_column)
+    return select_tasks(specs, train_by, test_by, source=f"`train_file` {train_file!r}", task_column=task_column)
+
+
+def select_tasks(specs: Sequence[Any], train_by: dict[str, Any], test_by: dict[str, Any], *, source: str,
+                 task_column: str) -> tuple[list[Any], list[Any], list[Any]]:
+    """The tasks ``specs`` select (empty: every task of ``train_by``, in order) with their train and test rows."""
+    from clight.task import Task
+
     tasks = list(specs) or [Task(name=n) for n in train_by]
     for t in tasks:
         if t.name not in train_by:
             raise ClightConfigError(
-                f"task {t.name!r} has no rows in `train_file` {train_file!r} (tasks found in column "
-                f"{task_column!r}: {list(train_by)}). Fix `tasks` or the file."
+                f"task {t.name!r} has no rows in {source} (tasks found in column "
+                f"{task_column!r}: {list(train_by)}). Fix `tasks` or the data."
             )
     return tasks, [train_by[t.name] for t in tasks], [test_by.get(t.name, []) for t in tasks]
 

@@ -115,3 +115,11 @@ def fixed_sample(examples: list[dict[str, Any]], k: int | None, seed: int) -> li
     g = torch.Generator().manual_seed(seed + 7919)
     keep = sorted(torch.randperm(len(examples), generator=g)[:k].tolist())
     return [examples[i] for i in keep]
+
+
+def batches_done(trainer: Any, batches_per_epoch: int) -> int:
+    """Batches of the trainer's current epoch already trained (non-zero only right after a mid-epoch resume)."""
+    accumulate = trainer.accumulate_grad_batches
+    steps_per_epoch = -(-batches_per_epoch // accumulate)
+    done_steps = trainer.global_step - trainer.current_epoch * steps_per_epoch
+    return max(0, min(batches_per_epoch, done_steps * accumulate))
