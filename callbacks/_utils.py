@@ -114,4 +114,3 @@ def rank_share(n: int, rank: int, world: int) -> range:
     last share shorter (or empty)."""
     per = -(-n // world)
     return range(min(rank * per, n), min((rank + 1) * per, n))
-

@@ -89,11 +89,6 @@ class StreamRunner(ResumeMixin):
         # it; every task's fresh Trainer gets its own copy of the pristine instance.
         strategy = self.trainer_kwargs.get("strategy")
         self._strategy_template = copy.deepcopy(strategy) if isinstance(strategy, Strategy) else None
-        if self.trainer_kwargs.get("logger") not in (None, True, False):
-            raise ClightConfigError(
-                "`trainer.logger`: clight writes TensorBoard events itself (to `<run_dir>/tensorboard`, one "
-                "monotonic step axis across the stream's tasks); remove `trainer.logger` from the config."
-            )
         self.logger: StreamTensorBoardLogger | None = None
         self.timer = StepTimer()
         self._summary_shown = False
