@@ -57,7 +57,10 @@ class _QuietTrainerBanner(logging.Filter):
 class ContinualCLI(LightningCLI):
     """LightningCLI for task streams: ``model`` is a :class:`~clight.module.ContinualModule`, ``data`` any
     continual datamodule (``class_path``), ``trainer.callbacks`` the CL techniques, and ``stream`` the run
-    options (:class:`~clight.runner.StreamOptions`)."""
+    options (:class:`~clight.runner.StreamOptions`). A subclass may set :attr:`stage_hook`, the runner's
+    per-task hook (:class:`~clight.runner.StreamRunner`), as ``clight tune`` does to score and prune trials."""
+
+    stage_hook = None
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
         import clight.callbacks  # noqa: F401  (every technique known by its short name: `--trainer.callbacks+=EWC`)
@@ -142,7 +145,8 @@ class ContinualCLI(LightningCLI):
         config_text = self._parser(self.subcommand).dump(config, skip_none=False)
         seed = config.get("seed_everything")
         runner = StreamRunner(trainer_kwargs, options, seed=int(seed) if isinstance(seed, int) else 0,
-                              config_text=config_text, run_fingerprint=config_fingerprint(config))
+                              config_text=config_text, run_fingerprint=config_fingerprint(config),
+                              stage_hook=self.stage_hook)
         self.results = runner.run(model, datamodule)
 
 
@@ -241,14 +245,20 @@ def error_line(err: BaseException) -> str | None:
     return None
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point of ``clight fit``."""
+def command_setup() -> None:
+    """What every command that runs ``clight fit`` sets first (``clight fit``, ``clight tune``'s in-process
+    trials): offline hub, quiet tokenizers, and none of the warnings and banners clight's design triggers."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_warnings()
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _QuietTrainerBanner) for f in logger.filters):
         logger.addFilter(_QuietTrainerBanner())
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``clight fit``."""
+    command_setup()
     if args is None:  # rewrite in place: DDP ranks re-run sys.argv
         sys.argv[1:] = ["--stream.resume=true" if a == "--resume" else a for a in sys.argv[1:]]
     else:

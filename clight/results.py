@@ -39,20 +39,24 @@ def seen_summary(matrix: ResultMatrix) -> dict[str, float | None]:
     return summarize(R[:k, :k], initial, higher_is_better=matrix.higher_is_better)
 
 
-def stage_metrics(state: StreamState, values: dict[str, dict[str, float]]) -> dict[str, float]:
+def stage_metrics(state: StreamState, values: dict[str, dict[str, float]],
+                  validation: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
     """TensorBoard scalars after a stage: ``eval/<task or probe>/<metric>``, ``stream/<metric>/<summary>`` over
-    the tasks trained so far, and ``stream/retention/<probe>/<metric>``."""
+    the tasks trained so far, ``stream/retention/<probe>/<metric>``, and with a validation split
+    ``val/<task>/<metric>`` and ``val_stream/<metric>/<summary>``."""
     metrics: dict[str, float] = {}
-    for group in (state.matrices, state.probes):
+    for prefix, group, got in (("eval", state.matrices, values), ("eval", state.probes, values),
+                               ("val", state.validation, validation)):
         for metric, matrix in group.items():
             for task in matrix.task_names:
-                if math.isfinite(values[task][metric]):
-                    metrics[f"eval/{task}/{metric}"] = values[task][metric]
+                if math.isfinite(got[task][metric]):
+                    metrics[f"{prefix}/{task}/{metric}"] = got[task][metric]
     if state.matrices[state.metric_names[0]].stages:  # not before training
-        for metric, matrix in state.matrices.items():
-            for key, value in seen_summary(matrix).items():
-                if value is not None:
-                    metrics[f"stream/{metric}/{key}"] = value
+        for prefix, group in (("stream", state.matrices), ("val_stream", state.validation)):
+            for metric, matrix in group.items():
+                for key, value in seen_summary(matrix).items():
+                    if value is not None:
+                        metrics[f"{prefix}/{metric}/{key}"] = value
     for probe, by_metric in probe_retention(state).items():
         for metric, entry in by_metric.items():
             if entry["retention"] is not None:
@@ -93,12 +97,15 @@ def build_results(state: StreamState, *, tasks: list[str], stages: list[str], se
         "probes": {"tasks": next(iter(state.probes.values())).task_names if state.probes else [],
                    "matrices": {m: mat.to_dict() for m, mat in state.probes.items()},
                    "retention": probe_retention(state)},
+        "validation": {"matrices": {m: mat.to_dict() for m, mat in state.validation.items()},
+                       "summary": {m: mat.summary() for m, mat in state.validation.items()}},
         "timing": {
             "stages": timing,
             "train_seconds": sum(t["train_seconds"] for t in timing),
             "eval_seconds": sum(t["eval_seconds"] for t in timing),
             "optimizer_steps": steps,
             "seconds_per_step": sum(per_step) / len(per_step) if per_step else None,
+            **{key: _mean([t.get(key) for t in timing]) for key in ("load_average", "cpu_over_wall")},
             "wall_seconds_this_process": seconds,
         },
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -123,6 +130,11 @@ def write_results(run_dir: Path, results: dict[str, Any], state: StreamState,
     for metric in results["matrices"]:
         print(format_summary_table(results["matrices"][metric]))
     print(f"results: {run_dir / 'results.json'}  ·  tensorboard --logdir {run_dir / 'tensorboard'}")
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
 
 
 def environment() -> dict[str, Any]:

@@ -50,7 +50,7 @@ class ResumeMixin:
         """A fresh state, or on resume the state of the stream checkpoint (its fingerprints checked, its weights and
         callback states loaded) and the checked mid-task checkpoint of the task to continue. Writes nothing."""
         state = StreamState.fresh(datamodule.task_names, stream_metrics(module, datamodule), datamodule.probe_names,
-                                  probe_metrics(module, datamodule))
+                                  probe_metrics(module, datamodule), validation=bool(getattr(datamodule, "val_examples", None)))
         self._resume_from = None
         if not self.options.resume:
             return state

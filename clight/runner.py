@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from clight.run_folder import (
 from clight.state import StreamState
 from clight.stream import prepare_stream
 from clight.tb import StreamTensorBoardLogger
-from clight.timing import StepTimer
+from clight.timing import StepTimer, machine_load, process_cpu_seconds
 
 
 class StreamRunner(ResumeMixin):
@@ -59,6 +59,8 @@ class StreamRunner(ResumeMixin):
             refused by name. Default: what the runner can see itself (:func:`clight.fingerprint.runner_fingerprint`:
             the seed, the trainer's arguments, the continual callbacks and their arguments, the module's
             hyperparameters and optimizer, the datamodule's settings). The world size is always added.
+        stage_hook: called as ``stage_hook(state, index)`` after every task's evaluation and stream checkpoint
+            (``clight tune`` reports a trial's validation score there and may stop it); on every rank.
     """
 
     def __init__(
@@ -69,7 +71,9 @@ class StreamRunner(ResumeMixin):
         seed: int = 0,
         config_text: str | None = None,
         run_fingerprint: Mapping[str, Any] | None = None,
+        stage_hook: Callable[[StreamState, int], None] | None = None,
     ) -> None:
+        self.stage_hook = stage_hook
         self.trainer_kwargs = dict(trainer_kwargs or {})
         self.options = options or StreamOptions()
         if self.options.checkpoint_every_n_steps < 0:
@@ -129,9 +133,9 @@ class StreamRunner(ResumeMixin):
         if self.options.eval_initial and not state.initial_done:
             trainer = self._trainer(label="initial", extra=[], eval_names=datamodule.eval_names,
                                     eval_label="before training")
-            values, _ = self._evaluate(trainer, module, datamodule)
-            state.set_initial(values)
-            self.logger.log_metrics(stage_metrics(state, values), step=0)
+            values, validation, _ = self._evaluate(trainer, module, datamodule)
+            state.set_initial(values, validation)
+            self.logger.log_metrics(stage_metrics(state, values, validation), step=0)
             self._log_samples(module, datamodule, "initial", 0)
             self._save_state(trainer, module, datamodule, state)
         for i in range(state.completed, n):
@@ -210,31 +214,49 @@ class StreamRunner(ResumeMixin):
         pl.seed_everything(self.seed + i, workers=True, verbose=False)
         self.logger.step_offset = state.step_offset
         self.timer.times.clear()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), process_cpu_seconds()
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         train_seconds = time.perf_counter() - t0
+        load = machine_load(process_cpu_seconds() - cpu0, train_seconds)
         steps = trainer.global_step
-        values, eval_seconds = self._evaluate(trainer, module, datamodule)
-        state.add_row(name, values)
-        self.logger.log_metrics(stage_metrics(state, values), step=steps)
+        values, validation, eval_seconds = self._evaluate(trainer, module, datamodule)
+        state.add_row(name, values, validation)
+        self.logger.log_metrics(stage_metrics(state, values, validation), step=steps)
         self._log_samples(module, datamodule, name, state.step_offset + steps)
         state.step_offset += steps
         state.timing.append({
             "stage": name, "train_seconds": train_seconds, "eval_seconds": eval_seconds, "optimizer_steps": steps,
-            "seconds_per_step": self.timer.mean_seconds, "resumed_mid_task": resume_from is not None,
+            "seconds_per_step": self.timer.mean_seconds, "resumed_mid_task": resume_from is not None, **load,
         })
         state.completed = i + 1
         self._save_state(trainer, module, datamodule, state)
         if trainer.is_global_zero and not self.options.keep_task_checkpoints:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
+        if self.stage_hook is not None:
+            self.stage_hook(state, i)
 
     def _evaluate(self, trainer: pl.Trainer, module: pl.LightningModule, datamodule: ContinualDataModule
-                  ) -> tuple[dict[str, dict[str, float]], float]:
+                  ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]] | None, float]:
+        """``(values, validation, seconds)``: every task's and probe's metrics, and with a validation split the
+        tasks' metrics on it (a second pass, whose generated samples do not replace the test set's)."""
         t0 = time.perf_counter()
         trainer.validate(module, dataloaders=datamodule.eval_dataloaders(), verbose=False)
         names = datamodule.eval_names
         values = {names[i]: r for i, r in module.eval_results.items()}
-        return values, time.perf_counter() - t0
+        validation = None
+        if getattr(datamodule, "val_examples", None):
+            head = getattr(module, "head", None)
+            samples = dict(getattr(head, "samples", None) or {})
+            bars = [c for c in trainer.callbacks if isinstance(c, TaskProgressBar)]
+            for bar in bars:
+                bar.eval_names = [f"validation: {t}" for t in datamodule.task_names]
+            trainer.validate(module, dataloaders=datamodule.validation_dataloaders(), verbose=False)
+            validation = {datamodule.task_names[i]: r for i, r in module.eval_results.items()}
+            for bar in bars:
+                bar.eval_names = list(names)
+            if samples:
+                head.samples = samples
+        return values, validation, time.perf_counter() - t0
 
     def _log_samples(self, module: pl.LightningModule, datamodule: ContinualDataModule, stage: str, step: int) -> None:
         """Generated answers of the evaluation just run, one TensorBoard text per task (``samples/<task>``)."""

@@ -7,14 +7,15 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
 
 from clight.datamodules.checks import check_arguments, check_examples, task_specs
 from clight.datamodules.hf_source import HFDataset, as_spec, read_dataset_tasks
 from clight.datamodules.io import read_task_rows, stream_fingerprint
+from clight.datamodules.loaders import LoadersMixin
 from clight.datamodules.probes import resolve_probes
-from clight.datamodules.sampling import PaddedView, ResumableBatchSampler, batches_done, fixed_sample
+from clight.datamodules.sampling import fixed_sample
 from clight.datamodules.tokenizers import check_unk_rate, load_tokenizer
+from clight.datamodules.validation import check_val_fraction, split_validation
 from clight.errors import ClightConfigError
 from clight.task import Probe, Task, TaskInfo
 
@@ -26,7 +27,7 @@ MAX_CHARS_PER_TOKEN = 64
 UNK_SAMPLE_ROWS = 64  # training rows of each task that the unknown-token check tokenizes
 
 
-class ContinualDataModule(pl.LightningDataModule):
+class ContinualDataModule(LoadersMixin, pl.LightningDataModule):
     """Base of clight's task streams.
 
     A stream is read from one source: one train and one test file with a ``task`` column, a ``tasks`` list naming
@@ -57,6 +58,9 @@ class ContinualDataModule(pl.LightningDataModule):
             ``torch.compile`` and throughput measurements want).
         probes: eval-only tasks (:class:`~clight.task.Probe`), evaluated before training and after every task,
             never trained; ``results.json`` reports their retention. Streams say which kinds they support.
+        val_fraction: hold out this seeded share of each task's training examples (at least one) as its validation
+            set, evaluated after every task beside the test sets (``results.json``'s ``validation`` matrices, what
+            ``clight tune`` reads). 0: no validation split.
     """
 
     eval_kind = "classification"  # how the model evaluates this stream's tasks (see clight.heads.METRICS_BY_KIND)
@@ -79,8 +83,10 @@ class ContinualDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         drop_last: bool = False,
         probes: list[Probe] | None = None,
+        val_fraction: float = 0.0,
     ) -> None:
         super().__init__()
+        check_val_fraction(val_fraction)
         check_arguments(train_file=train_file, test_file=test_file, tasks=tasks, batch_size=batch_size,
                         max_length=max_length, eval_batch_size=eval_batch_size, eval_max_examples=eval_max_examples,
                         num_workers=num_workers, dataset=dataset)
@@ -101,9 +107,11 @@ class ContinualDataModule(pl.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self.drop_last = drop_last
+        self.val_fraction = float(val_fraction)
         self.tasks: list[Task] = []
         self.train_examples: list[list[Example]] = []
         self.test_examples: list[list[Example]] = []
+        self.val_examples: list[list[Example]] = []  # evaluated (a fixed sample of `eval_max_examples`), never trained
         self.stage_index = 0
         self.extra_train_examples: list[Example] = []
         self._prepared = False
@@ -208,6 +216,11 @@ class ContinualDataModule(pl.LightningDataModule):
                            argument="data.tokenizer", source=f"the training text of task {t.name!r}")
         self.train_examples = [self.encode(r, i, path=self._path(t, "train"), split="train")
                                for i, (t, r) in enumerate(zip(tasks, train_rows))]
+        if self.val_fraction:
+            splits = [split_validation(ex, self.val_fraction, seed=self.seed, task_index=i, task=t.name)
+                      for i, (t, ex) in enumerate(zip(tasks, self.train_examples))]
+            self.train_examples = [train for train, _ in splits]
+            self.val_examples = [fixed_sample(val, self.eval_max_examples, self.seed) for _, val in splits]
         self.test_examples = [fixed_sample(self.encode(r, i, path=self._path(t, "test"), split="test"),
                                            self.eval_max_examples, self.seed) for i, (t, r) in enumerate(zip(tasks, test_rows))]
         for j, (probe, rows) in enumerate(resolve_probes(self.probe_specs, task_column=self.task_column,
@@ -223,7 +236,8 @@ class ContinualDataModule(pl.LightningDataModule):
         """Identifies the stream, so a resume with a different stream is refused."""
         if self._fingerprint is None:
             self._fingerprint = stream_fingerprint(self.tasks, self.train_examples, self.test_examples,
-                                                   joint=self.joint, probes=list(zip(self.probe_names, self.probe_examples)))
+                                                   joint=self.joint, probes=list(zip(self.probe_names, self.probe_examples)),
+                                                   validation=self.val_examples)
         return self._fingerprint
 
     def _path(self, task: Task, split: str) -> str:  # how error messages name a task's data
@@ -235,10 +249,6 @@ class ContinualDataModule(pl.LightningDataModule):
         if self.dataset is not None:
             return read_dataset_tasks(self.dataset, self.task_specs, self.task_column)
         return read_task_rows(self.task_specs, self.train_file, self.test_file, self.task_column)
-    # ---- loaders -------------------------------------------------------------------------------------------
-    def _dist(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def stage_train_examples(self, index: int | None = None) -> list[Example]:
         """Training examples of a stage, plus :attr:`extra_train_examples` (what a rehearsal callback mixes in
@@ -249,50 +259,3 @@ class ContinualDataModule(pl.LightningDataModule):
         else:
             own = self.train_examples[index]
         return own + self.extra_train_examples if self.extra_train_examples else own
-
-    def train_dataloader(self) -> DataLoader:
-        self.prepare_stream()
-        examples = self.stage_train_examples()
-        rank, world = self._dist()
-        trainer = self.trainer
-        if self.drop_last and len(examples) < self.batch_size * world:
-            raise ClightConfigError(
-                f"`drop_last`: task {self.current_task.name!r} has {len(examples)} training examples, fewer than one "
-                f"batch ({self.batch_size} x {world} ranks), so every batch would be dropped. Lower `batch_size` or "
-                "set `drop_last: false`."
-            )
-        sampler = ResumableBatchSampler(
-            len(examples), self.batch_size, shuffle=True, seed=self.seed, task_index=self.stage_index,
-            rank=rank, world_size=world, epoch=trainer.current_epoch if trainer is not None else 0,
-            drop_last=self.drop_last, skip_fn=(lambda: batches_done(trainer, len(sampler))) if trainer is not None else None,
-        )
-        return self._loader(examples, sampler)
-
-    def eval_dataloaders(self) -> list[DataLoader]:
-        """One loader per task of the stream (seen and unseen), then one per probe, sharded across ranks.
-
-        Shards are padded to equal length with repeated examples marked invalid (batch key ``valid``), so every
-        example counts exactly once in the rank-reduced metrics."""
-        self.prepare_stream()
-        rank, world = self._dist()
-        loaders = []
-        for i, examples in enumerate(self.test_examples + self.probe_examples):
-            sampler = ResumableBatchSampler(
-                len(examples), self.eval_batch_size, shuffle=False, rank=rank, world_size=world, mark_padding=True,
-                task_index=i,
-            )
-            loaders.append(self._loader(PaddedView(examples), sampler, self._collate_eval))
-        return loaders
-
-    def _collate_eval(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        batch = self.collate_eval(examples)
-        batch["valid"] = torch.tensor([not ex.get("_padding", False) for ex in examples])
-        return batch
-
-    def _loader(self, examples: Any, sampler: ResumableBatchSampler, collate: Any = None) -> DataLoader:
-        # The loader gets its own generator: creating an iterator draws a base seed, and drawing it from the
-        # global RNG would shift dropout's random stream when a resumed run re-creates the iterator mid-epoch.
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(examples, batch_sampler=sampler, collate_fn=collate or self.collate,
-                          num_workers=self.num_workers, generator=generator, persistent_workers=False)
-

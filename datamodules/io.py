@@ -175,11 +175,12 @@ def label_column(rows: Sequence[dict[str, Any]], name: str, *, path: str, argume
 
 def stream_fingerprint(tasks: Sequence[Any], train: Sequence[Sequence[dict[str, Any]]],
                        test: Sequence[Sequence[dict[str, Any]]], *, joint: bool,
-                       probes: Sequence[tuple[str, Sequence[dict[str, Any]]]] = ()) -> dict[str, Any]:
-    """What identifies a stream (task names and labels, sizes, a SHA-1 of every encoded example), so that a
-    resume with a different stream is refused."""
+                       probes: Sequence[tuple[str, Sequence[dict[str, Any]]]] = (),
+                       validation: Sequence[Sequence[dict[str, Any]]] = ()) -> dict[str, Any]:
+    """What identifies a stream (task names and labels, sizes, a SHA-1 of every encoded example, the validation
+    split's included), so that a resume with a different stream is refused."""
     digest = hashlib.sha1()
-    for split in (train, test, [examples for _, examples in probes]):
+    for split in (train, test, [examples for _, examples in probes], validation):
         for examples in split:
             for ex in examples:
                 digest.update(json.dumps(ex, sort_keys=True, default=str).encode())
@@ -190,6 +191,7 @@ def stream_fingerprint(tasks: Sequence[Any], train: Sequence[Sequence[dict[str, 
         "sizes": [[len(a), len(b)] for a, b in zip(train, test)],
         "probes": [name for name, _ in probes],
         "sha1": digest.hexdigest(),
+        **({"validation_sizes": [len(v) for v in validation]} if validation else {}),
     }
 
 
