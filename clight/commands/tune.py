@@ -42,8 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     parser.add_argument("--no-prune", action="store_true", help="run every trial to its end")
     args = parser.parse_args(argv)
+    from clight.cli import command_setup
     from clight.errors import ClightConfigError
     from clight.tuning import load_space, run_study
+
+    command_setup()
 
     if args.trials < 1:
         parser.error(f"--trials must be >= 1, got {args.trials}")

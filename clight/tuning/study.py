@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,21 @@ def run_trial(config: Path, *, resume: bool, extra: Sequence[str], on_stage_end:
 
     args = ["fit", "-c", str(config), "--stream.resume=true" if resume else "--stream.overwrite=true",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *extra]
-    return _TrialCLI(args=args).results
+    with warnings.catch_warnings():  # the trial's arguments are `args`; `clight tune`'s own argv is not for it
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return _TrialCLI(args=args).results
+
+
+def check_validation_split(config: dict[str, Any], path: Path, extra: Sequence[str]) -> None:
+    """Refuse, before any trial runs, a config whose stream has no validation split: tuning reads validation data
+    only, so that the test numbers stay unbiased."""
+    data = config.get("data") or {}
+    fraction = (data.get("init_args") or {}).get("val_fraction", data.get("val_fraction"))
+    if not fraction and not any("val_fraction" in arg for arg in extra):
+        raise ClightConfigError(
+            f"`clight tune`: the stream of {str(path)!r} has no validation split, and tuning reads validation data "
+            "only (the test sets stay for the final numbers). Add `val_fraction: 0.2` to `data.init_args` (a seeded "
+            "share of each task's training examples).")
 
 
 def run_study(config: Path, space: list[Dimension], *, out: Path, trials: int, objective: str, metric: str | None,
@@ -48,17 +63,19 @@ def run_study(config: Path, space: list[Dimension], *, out: Path, trials: int, o
 
     base = yaml.safe_load(Path(config).read_text())
     apply(base, {d.path: d.low if d.kind != "choice" else d.choices[0] for d in space})  # every path exists
+    check_validation_split(base, Path(config), extra)
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0) if prune else optuna.pruners.NopPruner()
     # A trial whose process died stops beating; Optuna fails it and runs its values again (RetryFailedTrialCallback),
     # which find the same folder (trial_key) and resume its run from the stream checkpoint.
-    storage = optuna.storages.RDBStorage(
-        f"sqlite:///{out / 'study.db'}", heartbeat_interval=10, grace_period=30,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2))
+    storage = _storage(optuna, out / "study.db")
     study = optuna.create_study(study_name="clight", storage=storage, direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner, load_if_exists=True)
-    retried = {n for t in study.trials for n in t.user_attrs.get("retry_history", [])}
+    # A continued study must not draw the values its first run drew: a fresh sampler replays its seeded random
+    # start, so it is seeded past the trials the study already has.
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+    retried = {n for t in study.trials for n in t.system_attrs.get("retry_history", [])}
     finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     done = sum(t.state in finished and t.number not in retried for t in study.trials)
 
@@ -83,9 +100,18 @@ def run_study(config: Path, space: list[Dimension], *, out: Path, trials: int, o
                     log(f"clight tune: trial {trial.number} pruned after task {stage + 1} ({value:.4f})")
                     raise optuna.TrialPruned()
 
-        results = run_trial(folder / "config.yaml", resume=(folder / "run" / "stream.pt").exists(), extra=extra,
-                            on_stage_end=report)
-        name, summary, higher = validation_summary(results, metric)
+        try:
+            results = run_trial(folder / "config.yaml", resume=(folder / "run" / "stream.pt").exists(), extra=extra,
+                                on_stage_end=report)
+            name, summary, higher = validation_summary(results, metric)
+        except optuna.TrialPruned:
+            raise
+        except (Exception, SystemExit) as err:  # recorded in trials.json; Optuna fails the trial, the study goes on
+            trial.set_user_attr("error", f"{type(err).__name__}: {err}")
+            log(f"clight tune: trial {trial.number} failed ({type(err).__name__}: {err}); see {folder}")
+            if isinstance(err, SystemExit):
+                raise RuntimeError(f"the trial's `clight fit` exited with {err.code}") from err
+            raise
         value = objective_value(summary, objective, higher)
         trial.set_user_attr("validation", dict(summary))
         trial.set_user_attr("test", dict(results["summary"][name]))  # recorded, never used to choose
@@ -97,14 +123,29 @@ def run_study(config: Path, space: list[Dimension], *, out: Path, trials: int, o
     return write_summary(study, base, space, out, Path(config))
 
 
+def _storage(optuna: Any, path: Path) -> Any:
+    """The study's SQLite storage, with heartbeats: a trial whose process died is failed and retried."""
+    import warnings
+
+    new_api = hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")  # Optuna >= 4.9
+    retry = (optuna.storages.RetryHeartbeatStaleTrialCallback if new_api else
+             optuna.storages.RetryFailedTrialCallback)(max_retry=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            f"sqlite:///{path}", heartbeat_interval=10, grace_period=30,
+            **{"heartbeat_stale_trial_callback" if new_api else "failed_trial_callback": retry})
+
+
 def write_summary(study: Any, base: dict[str, Any], space: list[Dimension], out: Path, config: Path) -> dict[str, Any]:
     """``trials.json`` (every trial: values, state, objective, validation and test summaries, error) and
     ``best.yaml``."""
     from optuna.trial import TrialState
 
     rows = [{"number": t.number, "state": t.state.name, "value": t.value, "values": t.params,
+             "intermediate": dict(t.intermediate_values),
              "validation": t.user_attrs.get("validation"), "test": t.user_attrs.get("test"),
-             "folder": t.user_attrs.get("folder"), "error": t.system_attrs.get("fail_reason")}
+             "folder": t.user_attrs.get("folder"), "error": t.user_attrs.get("error")}
             for t in study.trials]
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE and t.value is not None]
     summary = {"config": str(config), "trials": rows, "best": None}
