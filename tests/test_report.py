@@ -77,6 +77,39 @@ def test_gap_closed_and_step_ratio_by_hand() -> None:
     assert table[4].startswith("| m | 2 | 0.600 ± 0.141 | -0.500 |")
 
 
+def _loaded(avg: float, sps: float, load: float, cpu: float) -> dict:
+    cell = _fake(avg, sps)
+    cell["timing"].update(load_average=load, cpu_over_wall=cpu)
+    return cell
+
+
+def test_a_step_ratio_is_flagged_where_the_cells_machine_loads_differ() -> None:
+    rows = compare_methods({"naive": summarize_runs([_loaded(0.2, 3.38, load=4.1, cpu=1.0)]),
+                            "alone": summarize_runs([_loaded(0.5, 1.0, load=2.0, cpu=1.9)]),
+                            "same": summarize_runs([_loaded(0.5, 3.5, load=4.3, cpu=1.05)])})
+    assert rows["alone"]["load_differs"] and not rows["same"]["load_differs"] and not rows["naive"]["load_differs"]
+    table = comparison_markdown(rows)
+    alone = next(line for line in table.splitlines() if line.startswith("| alone |"))
+    same = next(line for line in table.splitlines() if line.startswith("| same |"))
+    assert "| 0.30 † |" in alone and "| 4.1 |" not in alone and "| 2.0 | 1.90 |" in alone
+    assert "| 1.04 |" in same and "†" not in same
+    assert table.rstrip().endswith("mixes contention into the cost.")
+    calm = compare_methods({"naive": summarize_runs([_loaded(0.2, 1.0, 2.0, 1.9)]),
+                            "m": summarize_runs([_loaded(0.5, 1.1, 2.2, 1.8)])})
+    assert "†" not in comparison_markdown(calm)
+
+
+def test_bench_val_mode_reads_the_validation_matrices() -> None:
+    from clight.commands.bench import validation_view
+
+    cell = _fake(0.2, 1.0)
+    assert validation_view(cell) is None  # no split: nothing to tabulate
+    cell["validation"] = {"matrices": {"acc": {"higher_is_better": True}},
+                          "summary": {"acc": {**cell["summary"]["acc"], "average": 0.9}}}
+    row = summarize_runs([validation_view(cell)])
+    assert row["acc/average"] == (0.9, 0.0) and cell["summary"]["acc"]["average"] == 0.2
+
+
 def test_task_curves_figure() -> None:
     fig = render_task_curves([[0.9, 0.1], [0.5, 0.8]], ["a", "b"], ["a", "b"], title="t", metric="acc",
                              higher_is_better=True, initial=[0.2, 0.3], spread=[[0.0, 0.1], [0.1, 0.0]])

@@ -13,6 +13,10 @@ stream-checkpoint size. With several seeds: mean ± std. A failing cell is repor
     clight bench configs/naive.yaml configs/joint.yaml configs/replay.yaml --seeds 0 1 --out runs/bench \
         -- --trainer.max_epochs 1        # arguments after `--` go to every run
 
+`--val` tabulates the validation matrices (configs with `data.init_args.val_fraction`) instead of the test ones.
+`--jobs N` runs up to N cells at once; the default 1 runs them one at a time, so that their timings stay honest
+(every cell records its machine load, and `× naive` is flagged where the loads differ).
+
 Render the cells as an HTML page with heatmaps and curves: `clight report runs/bench --out report.html`.
 """
 
@@ -24,6 +28,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -50,20 +55,38 @@ def run_cell(config: Path, seed: int, run_dir: Path, extra: Sequence[str]) -> di
     return load_run(run_dir)
 
 
+def validation_view(cell: dict[str, Any]) -> dict[str, Any] | None:
+    """A cell's results with its validation matrices and summaries in place of the test ones (None: it has none)."""
+    validation = cell.get("validation") or {}
+    if not validation.get("matrices"):
+        return None
+    return {**cell, "matrices": validation["matrices"], "summary": validation["summary"]}
+
+
 def run_bench(configs: Sequence[Path], seeds: Sequence[int], out: Path, extra: Sequence[str] = (), *,
-              naive: str | None = "naive", joint: str | None = "joint"
+              naive: str | None = "naive", joint: str | None = "joint", val: bool = False, jobs: int = 1
               ) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Runs every (config, seed) cell and writes `<out>/table.md` and `<out>/table.json`.
+    """Runs every (config, seed) cell (``jobs`` at a time) and writes `<out>/table.md` and `<out>/table.json`
+    (`table_val.*` with ``val``: the validation matrices).
 
     Returns:
         The comparison rows (method name = config file stem, in the order given) and the failed cells.
     """
     rows: dict[str, dict[str, Any]] = {}
     failed: list[str] = []
+    grid = [(config, seed) for config in configs for seed in seeds]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # each cell is its own process
+        done = list(pool.map(lambda cs: run_cell(cs[0], cs[1], out / cs[0].stem / f"seed{cs[1]}", extra), grid))
     for config in configs:
         cells = []
-        for seed in seeds:
-            cell = run_cell(config, seed, out / config.stem / f"seed{seed}", extra)
+        for (c, seed), cell in zip(grid, done):
+            if c != config:
+                continue
+            if cell is not None and val:
+                cell = validation_view(cell)
+                if cell is None:
+                    print(f"{config.stem}/seed{seed}: no validation matrix (give the config "
+                          "`data.init_args.val_fraction`)", flush=True)
             if cell is None:
                 failed.append(f"{config.stem}/seed{seed}")
             else:
@@ -72,9 +95,11 @@ def run_bench(configs: Sequence[Path], seeds: Sequence[int], out: Path, extra: S
             rows[config.stem] = summarize_runs(cells)
     rows = compare_methods(rows, naive=naive, joint=joint)
     out.mkdir(parents=True, exist_ok=True)
+    name = "table_val" if val else "table"
     if rows:
-        (out / "table.md").write_text(comparison_markdown(rows) + "\n")
-    (out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
+        note = (f"\n\nCells ran {jobs} at a time, so their timings share the machine." if jobs > 1 else "")
+        (out / f"{name}.md").write_text(comparison_markdown(rows) + note + "\n")
+    (out / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows, failed
 
 
@@ -92,7 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "reference of `× naive` (default: naive)")
     parser.add_argument("--joint", default="joint", help="method that is the upper bound for `gap closed` "
                         "(default: joint)")
+    parser.add_argument("--val", action="store_true", help="tabulate the validation matrices (needs "
+                        "`data.init_args.val_fraction` in the configs)")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run at once (default 1: one at a time, so that "
+                        "timings stay honest)")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     for config in args.configs:
         if not config.is_file():
             parser.error(f"config {str(config)!r} does not exist")
@@ -100,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(set(stems)) != len(stems):
         parser.error(f"two configs share a file name {sorted({s for s in stems if stems.count(s) > 1})}; the "
                      "file stem names the method and its run directory, so rename one")
-    rows, failed = run_bench(args.configs, args.seeds, args.out, extra, naive=args.naive, joint=args.joint)
+    rows, failed = run_bench(args.configs, args.seeds, args.out, extra, naive=args.naive, joint=args.joint,
+                             val=args.val, jobs=args.jobs)
     if rows:
         print(comparison_markdown(rows))
     if failed:

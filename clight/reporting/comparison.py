@@ -19,7 +19,15 @@ _SUMMARY_SHORT = {"average": "avg", "bwt": "BWT", "fwt": "FWT", "forgetting": "f
 
 _COST_KEYS: tuple[str, ...] = (
     "optimizer_steps", "train_seconds", "seconds_per_step", "peak_rss_mb", "peak_gpu_memory_mb", "checkpoint_mb",
+    "load_average", "cpu_over_wall",
 )
+_TIMING_KEYS = ("optimizer_steps", "train_seconds", "seconds_per_step", "load_average", "cpu_over_wall")
+# Two cells' machine loads differ (so `× naive` mixes contention into the cost) when their load averages differ
+# by more than this, or their CPU seconds per wall second by more than this share.
+LOAD_AVERAGE_TOLERANCE = 1.0
+CPU_OVER_WALL_TOLERANCE = 0.25
+LOAD_NOTE = ("† the cells' machine load differed from naive's (load average or CPU/wall; see the `load` and "
+             "`CPU/wall` columns), so `× naive` mixes contention into the cost.")
 
 MeanStd = tuple[float | None, float | None]
 
@@ -90,7 +98,7 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for key in SUMMARY_KEYS:
             row[f"{metric}/{key}"] = mean_std([(r["summary"].get(metric) or {}).get(key) for r in runs])
     for key in _COST_KEYS:
-        if key in ("optimizer_steps", "train_seconds", "seconds_per_step"):
+        if key in _TIMING_KEYS:
             row[key] = mean_std([(r.get("timing") or {}).get(key) for r in runs])
         else:
             row[key] = mean_std([r.get(key) for r in runs])
@@ -129,8 +137,18 @@ def compare_methods(
         if naive_row is not None and row["seconds_per_step"][0] and naive_row["seconds_per_step"][0]:
             ratio = row["seconds_per_step"][0] / naive_row["seconds_per_step"][0]
         new["gap_closed"], new["step_ratio"] = gap, ratio
+        new["load_differs"] = naive_row is not None and loads_differ(row, naive_row)
         out[name] = new
     return out
+
+
+def loads_differ(row: Mapping[str, Any], reference: Mapping[str, Any]) -> bool:
+    """Whether two rows' cells ran under different machine loads (see :data:`LOAD_AVERAGE_TOLERANCE`)."""
+    load, ref_load = (row.get("load_average") or (None,))[0], (reference.get("load_average") or (None,))[0]
+    cpu, ref_cpu = (row.get("cpu_over_wall") or (None,))[0], (reference.get("cpu_over_wall") or (None,))[0]
+    if load is not None and ref_load is not None and abs(load - ref_load) > LOAD_AVERAGE_TOLERANCE:
+        return True
+    return bool(cpu and ref_cpu and abs(cpu - ref_cpu) > CPU_OVER_WALL_TOLERANCE * max(cpu, ref_cpu))
 
 def format_mean_std(value: MeanStd | Sequence[float | None] | float | None, digits: int = 3) -> str:
     """``"0.733"``, ``"0.733 ± 0.012"`` (std shown when non-zero), or ``"—"`` when missing."""
@@ -174,7 +192,8 @@ def comparison_columns(rows: Mapping[str, Mapping[str, Any]]) -> list[dict[str, 
             cols.append({"group": metric, "label": f"{metric} {short}", "short": short, "key": f"{metric}/{key}",
                          "digits": digits})
     cost = [("gap closed", "gap_closed", 2), ("steps", "optimizer_steps", 0), ("train s", "train_seconds", 0),
-            ("s/step", "seconds_per_step", 3), ("× naive", "step_ratio", 2), ("peak RSS MB", "peak_rss_mb", 0)]
+            ("s/step", "seconds_per_step", 3), ("× naive", "step_ratio", 2), ("load", "load_average", 1),
+            ("CPU/wall", "cpu_over_wall", 2), ("peak RSS MB", "peak_rss_mb", 0)]
     if any(r.get("peak_gpu_memory_mb", (None, None))[0] is not None for r in rows.values()):
         cost.append(("peak GPU MB", "peak_gpu_memory_mb", 0))
     cost.append(("ckpt MB", "checkpoint_mb", 1))
@@ -190,7 +209,9 @@ def comparison_cells(name: str, row: Mapping[str, Any], columns: Sequence[Mappin
         elif col["key"] == "seeds":
             cells.append(str(row["seeds"]))
         else:
-            cells.append(format_mean_std(row.get(col["key"]), col["digits"]))
+            text = format_mean_std(row.get(col["key"]), col["digits"])
+            flag = col["key"] == "step_ratio" and row.get("load_differs") and text != "—"
+            cells.append(text + " †" if flag else text)
     return cells
 
 def comparison_markdown(rows: Mapping[str, Mapping[str, Any]]) -> str:
@@ -198,6 +219,8 @@ def comparison_markdown(rows: Mapping[str, Mapping[str, Any]]) -> str:
     columns = comparison_columns(rows)
     lines = ["| " + " | ".join(c["label"] for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(comparison_cells(name, row, columns)) + " |" for name, row in rows.items()]
+    if any(row.get("load_differs") and row.get("step_ratio") is not None for row in rows.values()):
+        lines += ["", LOAD_NOTE]
     return "\n".join(lines)
 
 def mean_matrix(runs: Sequence[Mapping[str, Any]], metric: str, *, key: str = "matrix") -> np.ndarray | None:
