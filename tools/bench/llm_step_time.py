@@ -2,7 +2,8 @@
 
 Both train the first task of configs/llm_naive.yaml on the same batches in the same seeded order: the plain loop
 is the Hugging Face model, AdamW and `model(**batch).loss` by hand; clight is the stream runner with
-`model.task: instruction` (evaluation off, no checkpoints). `--peft` measures LoRA (r 8 on q/k/v/o) instead of full
+`model.task: instruction` (evaluation off, no checkpoints). Both time forward, backward and the optimizer step, not
+the batch's collation (clight's step timer starts once Lightning has fetched the batch). `--peft` measures LoRA (r 8 on q/k/v/o) instead of full
 fine-tuning. Rounds alternate plain and clight so that drift hits both; the first step of each is not timed.
 Run it on a quiet machine: a shared core doubles a step.
 
@@ -54,8 +55,8 @@ def plain_loop(steps: int, peft: bool) -> float:
     order = list(ResumableBatchSampler(len(examples), data.batch_size, shuffle=True, seed=data.seed))
     times = []
     for step, idx in enumerate(order[:steps]):
+        batch = data.collate([examples[i] for i in idx])  # outside the timer, as Lightning fetches before the step
         t0 = time.perf_counter()
-        batch = data.collate([examples[i] for i in idx])
         loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
         loss.backward()
         optimizer.step()
