@@ -53,6 +53,8 @@ def test_a_study_scores_trials_on_validation_continues_after_a_rerun_and_writes_
     drawn = [t["values"]["trainer.callbacks.0.init_args.strength"] for t in second["trials"]]
     assert len(set(drawn)) == 3, drawn  # the continued study draws new values, not its first run's again
     best = second["best"]
+    assert second["default"]["values"] == {"trainer.callbacks.0.init_args.strength": 1.0}  # the config's own
+    assert second["default"]["number"] == 0 and second["trials"][0]["values"] == second["default"]["values"]
     assert best["value"] == max(t["value"] for t in second["trials"])
     chosen = yaml.safe_load((out / "best.yaml").read_text())
     assert chosen["trainer"]["callbacks"][0]["init_args"]["strength"] == pytest.approx(

@@ -59,7 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClightConfigError as err:
         print(f"clight tune: error: {err}", file=sys.stderr)
         return 2
-    best = summary["best"]
+    best, default = summary["best"], summary.get("default")
+    if default:
+        print(f"clight tune: the config's own setting {default['values']} (trial {default['number']}): "
+              f"{args.objective} {default['value']:.4f}")
     states = [t["state"] for t in summary["trials"]]
     counts = ", ".join(f"{states.count(s)} {s.lower()}" for s in sorted(set(states)))
     print(f"clight tune: {len(states)} trials ({counts}); best: trial {best['number']}, {args.objective} "

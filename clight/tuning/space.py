@@ -108,3 +108,16 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise ClightConfigError(f"`--space`: a drawn value is not finite ({value!r}).")
     return value
+
+
+def value_at(config: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted ``path`` of ``config`` (list entries by index); ``None`` where the config has none."""
+    node: Any = config
+    for key in path.split("."):
+        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        elif isinstance(node, Mapping) and key in node:
+            node = node[key]
+        else:
+            return None
+    return node

@@ -16,7 +16,7 @@ import yaml
 from clight.errors import ClightConfigError
 from clight.results import seen_summary
 from clight.tuning.objective import objective_value, validation_summary
-from clight.tuning.space import Dimension, apply
+from clight.tuning.space import Dimension, apply, value_at
 
 
 def trial_key(values: dict[str, Any]) -> str:
@@ -75,6 +75,9 @@ def run_study(config: Path, space: list[Dimension], *, out: Path, trials: int, o
     # A continued study must not draw the values its first run drew: a fresh sampler replays its seeded random
     # start, so it is seeded past the trials the study already has.
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+    default = default_values(base, space)
+    if default is not None and not any(t.params == default for t in study.trials):
+        study.enqueue_trial(default)  # the config's own setting is always a trial: `best` must beat it to differ
     retried = {n for t in study.trials for n in t.system_attrs.get("retry_history", [])}
     finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     done = sum(t.state in finished and t.number not in retried for t in study.trials)
@@ -123,6 +126,18 @@ def run_study(config: Path, space: list[Dimension], *, out: Path, trials: int, o
     return write_summary(study, base, space, out, Path(config))
 
 
+def default_values(config: dict[str, Any], space: list[Dimension]) -> dict[str, Any] | None:
+    """The config's own values of the tuned paths, when every one lies inside its dimension (else None)."""
+    values = {d.path: value_at(config, d.path) for d in space}
+    for d in space:
+        v = values[d.path]
+        inside = (v in d.choices) if d.kind == "choice" else (
+            isinstance(v, (int, float)) and not isinstance(v, bool) and d.low <= v <= d.high)
+        if not inside:
+            return None
+    return values
+
+
 def _storage(optuna: Any, path: Path) -> Any:
     """The study's SQLite storage, with heartbeats: a trial whose process died is failed and retried."""
     import warnings
@@ -148,7 +163,7 @@ def write_summary(study: Any, base: dict[str, Any], space: list[Dimension], out:
              "folder": t.user_attrs.get("folder"), "error": t.user_attrs.get("error")}
             for t in study.trials]
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE and t.value is not None]
-    summary = {"config": str(config), "trials": rows, "best": None}
+    summary = {"config": str(config), "trials": rows, "best": None, "default": None}
     if complete:
         best = max(complete, key=lambda t: t.value)
         cfg = apply(base, best.params)
@@ -158,6 +173,10 @@ def write_summary(study: Any, base: dict[str, Any], space: list[Dimension], out:
                   + "".join(f"#   {k}: {v}\n" for k, v in best.params.items()))
         (out / "best.yaml").write_text(header + yaml.safe_dump(cfg, sort_keys=False))
         summary["best"] = {"number": best.number, "value": best.value, "values": best.params}
+        default = default_values(base, space)
+        same = [t for t in complete if default is not None and t.params == default]
+        summary["default"] = ({"number": same[0].number, "value": same[0].value, "values": same[0].params}
+                              if same else None)
     elif not study.trials:
         raise ClightConfigError("`clight tune`: no trial ran; check `--trials`.")
     (out / "trials.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
