@@ -235,6 +235,8 @@ class AdapterMixin:
         return full
 
     def _sync_adapters(self, names: list[str], active: list[str], trainable: list[str]) -> None:
+        if (names, active, trainable) == (self.adapter_names, self.active_adapters, self.trainable_adapters):
+            return  # as built (and the only way for peft's prompt learning, which has no named-adapter switching)
         for name in names:
             if name not in self.adapter_names:
                 self.add_adapter(name)

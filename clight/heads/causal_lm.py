@@ -60,7 +60,10 @@ class CausalLMHead(TaskHead):
             # No padding: let SDPA use its causal (flash) kernel. transformers cannot check this inside a
             # compiled backbone and would build a (B, 1, T, T) mask; one host sync per step is far cheaper.
             mask = None
-        return backbone(input_ids=batch["input_ids"], attention_mask=mask).logits
+        logits = backbone(input_ids=batch["input_ids"], attention_mask=mask).logits
+        length = batch["input_ids"].shape[1]
+        # peft's prompt tuning / P-tuning prepend virtual tokens: keep the positions of the real ones
+        return logits[:, -length:] if logits.shape[1] > length else logits
 
     def forward(self, logits: Tensor, batch: Batch) -> dict[str, Tensor]:
         return {"logits": logits}
