@@ -5,7 +5,7 @@ The techniques are exported here; each family's bases are importable from the fa
 """
 
 from clight.callbacks.distillation import Distillation, FeatureDistillation
-from clight.callbacks.lora import ChainOfLoRA, LoRAPerTask, OrthogonalLoRA
+from clight.callbacks.lora import AdaLoRABudget, ChainOfLoRA, LoRAPerTask, OrthogonalLoRA
 from clight.callbacks.masking import FreezeParameters, GradientMask, HalfFineTuning
 from clight.callbacks.regularization import EWC, MAS, SI, L2Anchor
 from clight.callbacks.rehearsal import AGEM, DarkExperienceReplay, Replay, SelectiveSelfRehearsal
@@ -21,7 +21,7 @@ __all__ = [
     # masking
     "FreezeParameters", "GradientMask", "HalfFineTuning",
     # lora
-    "ChainOfLoRA", "LoRAPerTask", "OrthogonalLoRA",
+    "AdaLoRABudget", "ChainOfLoRA", "LoRAPerTask", "OrthogonalLoRA",
     # weight space
     "EMAWeights", "TaskVectorMerge", "WeightInterpolation",
 ]
