@@ -84,6 +84,17 @@ class LoRAMLP(AdapterMixin, MLP):
         self.net = peft.get_peft_model(self.net, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["1", "3"]))
 
 
+class AdaLoRAMLP(AdapterMixin, MLP):
+    """The MLP with an AdaLoRA body whose schedule spans one task (3 steps): ranks cut from 4 to 2 per matrix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import peft
+
+        self.net = peft.get_peft_model(self.net, peft.AdaLoraConfig(
+            init_r=4, target_r=2, tinit=0, tfinal=1, deltaT=1, total_step=3, target_modules=["1", "3"]))
+
+
 class TinyBert(Foreign):
     label_key = "y"
 

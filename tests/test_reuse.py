@@ -207,6 +207,18 @@ def test_orthogonal_lora_penalises_overlap_with_earlier_adapters(kind, tmp_path)
     assert all(torch.equal(w, run.end[-1][n]) for n, w in first.items())
 
 
+@covers("AdaLoRABudget")
+def test_adalora_budget_cuts_a_foreign_adalora_module_s_ranks_and_adds_its_penalty(tmp_path) -> None:
+    from reuse_modules import AdaLoRAMLP
+
+    run = run_tasks("mlp", [cb.AdaLoRABudget()], tmp_path, module=AdaLoRAMLP())
+    assert all(values and min(values) > 0 for values in run.terms("train/loss_adalora_orth"))
+    for task in range(TASKS):  # every task's schedule ends at the budget: target_r (2) per matrix on average
+        ranks = [int((w != 0).sum()) for n, w in run.end[task].items() if "lora_E" in n]
+        assert len(ranks) == 2 and sum(ranks) == 2 * 2, ranks
+    assert run.module.peft_model.base_model.peft_config["default"].rank_pattern
+
+
 # ---- weight space ------------------------------------------------------------------------------------------------
 @covers("EMAWeights")
 @pytest.mark.parametrize("kind", KINDS)
