@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import time
 from typing import Any
 
@@ -37,3 +39,17 @@ class StepTimer(Callback):
     @property
     def mean_seconds(self) -> float | None:
         return sum(self.times) / len(self.times) if self.times else None
+
+
+def process_cpu_seconds() -> float:
+    """User and system CPU time of this process so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_load(cpu_seconds: float, wall_seconds: float) -> dict[str, float | None]:
+    """How loaded the machine was while a task trained, for honest timings: the 1-minute load average at its end
+    (this process's threads count too) and the process's CPU seconds per wall second (about the thread count when
+    it ran alone, less when other work took its cores)."""
+    return {"load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "cpu_over_wall": cpu_seconds / wall_seconds if wall_seconds > 0 else None}
