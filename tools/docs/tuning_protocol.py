@@ -11,6 +11,10 @@ where it stopped.
     python tools/docs/tuning_protocol.py --trials 6 --seeds 0 1 2            # everything (hours on 2 cores)
     python tools/docs/tuning_protocol.py --phase 1 --techniques ewc replay   # tune two techniques only
     python tools/docs/tuning_protocol.py --phase 2 --streams wordnet         # evaluate what phase 1 chose
+    python tools/docs/tuning_protocol.py --techniques ewc --epochs 1 --trials 8 --streams wordnet  # the cheap cut
+
+`--epochs N` sets `trainer.max_epochs` in both phases (the protocol's budget knob: the setting is tuned at the
+budget it is evaluated at).
 """
 
 from __future__ import annotations
@@ -44,10 +48,12 @@ def dump(cfg: dict[str, Any], path: Path, comment: str) -> Path:
     return path
 
 
-def phase1(techniques: list[str], out: Path, trials: int) -> None:
+def phase1(techniques: list[str], out: Path, trials: int, epochs: int | None = None) -> None:
     for name in techniques:
         cfg = load(ROOT / "configs" / f"{name}.yaml")
         cfg["data"]["init_args"].update(TUNE_DATA)
+        if epochs is not None:
+            cfg["trainer"]["max_epochs"] = epochs
         config = dump(cfg, out / name / "config.yaml", f"configs/{name}.yaml on the tuning stream (validation split)")
         cmd = [sys.executable, "-m", "clight", "tune", "-c", str(config), "--space",
                str(ROOT / "configs" / "tune" / f"{name}.space.yaml"), "--trials", str(trials), "--out", str(out / name)]
@@ -65,7 +71,8 @@ def stream_config(stream: str, technique: str | None, values: dict[str, Any] | N
     return apply(cfg, values) if values else cfg
 
 
-def phase2(techniques: list[str], tuned_dir: Path, out: Path, streams: list[str], seeds: list[int]) -> None:
+def phase2(techniques: list[str], tuned_dir: Path, out: Path, streams: list[str], seeds: list[int],
+           epochs: int | None = None) -> None:
     for stream in streams:
         configs = [dump(stream_config(stream, None, None), out / stream / "configs" / "naive.yaml", "naive")]
         if stream == "wordnet":
@@ -79,7 +86,8 @@ def phase2(techniques: list[str], tuned_dir: Path, out: Path, streams: list[str]
                 configs.append(dump(stream_config(stream, name, chosen), out / stream / "configs" / f"{name}_tuned.yaml",
                                     f"{name}, tuned on the tuning stream: {chosen}"))
         cmd = [sys.executable, "-m", "clight", "bench", *map(str, configs), "--seeds", *map(str, seeds), "--out",
-               str(out / stream / "bench"), "--naive", "naive", "--joint", "joint"]
+               str(out / stream / "bench"), "--naive", "naive", "--joint", "joint",
+               *(["--", "--trainer.max_epochs", str(epochs)] if epochs is not None else [])]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=False)
 
@@ -142,12 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", nargs="+", default=list(STREAMS), choices=list(STREAMS))
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=None, help="trainer.max_epochs in both phases (default: "
+                        "each config's)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "protocol")
     args = parser.parse_args(argv)
     if args.phase in ("1", "all"):
-        phase1(args.techniques, args.out / "phase1", args.trials)
+        phase1(args.techniques, args.out / "phase1", args.trials, args.epochs)
     if args.phase in ("2", "all"):
-        phase2(args.techniques, args.out / "phase1", args.out / "phase2", args.streams, args.seeds)
+        phase2(args.techniques, args.out / "phase1", args.out / "phase2", args.streams, args.seeds, args.epochs)
     table = verdict_table(args.out / "phase2", args.streams, args.techniques)
     (args.out / "verdicts.md").write_text(table + "\n")
     print(table)
