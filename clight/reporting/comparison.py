@@ -24,8 +24,8 @@ _COST_KEYS: tuple[str, ...] = (
 _TIMING_KEYS = ("optimizer_steps", "train_seconds", "seconds_per_step", "load_average", "cpu_over_wall")
 # Two cells' machine loads differ (so `× naive` mixes contention into the cost) when their load averages differ
 # by more than this, or their CPU seconds per wall second by more than this share.
-LOAD_AVERAGE_TOLERANCE = 1.0
-CPU_OVER_WALL_TOLERANCE = 0.25
+LOAD_AVERAGE_TOLERANCE = 0.5
+CPU_OVER_WALL_TOLERANCE = 0.10
 LOAD_NOTE = ("† the cells' machine load differed from naive's (load average or CPU/wall; see the `load` and "
              "`CPU/wall` columns), so `× naive` mixes contention into the cost.")
 
