@@ -124,8 +124,8 @@ def verdict_table(out: Path, streams: list[str], techniques: list[str]) -> str:
         if not naive["average"]:
             continue
         lines += [f"### {stream} ({metric}, {'lower' if lower else 'higher'} is better; {len(naive['average'])} seeds)",
-                  "", "| method | final avg | Δ avg vs naive (± s.e.) | forgetting | Δ forgetting vs naive | verdict |",
-                  "|---|---|---|---|---|---|"]
+                  "", "| method | final avg | Δ avg vs naive (± s.e.) | forgetting | Δ forgetting vs naive | "
+                  "task-IL forgetting | Δ task-IL forgetting vs naive | verdict |", "|---|---|---|---|---|---|---|---|"]
         for method in ["naive", *[m for t in techniques for m in (t, f"{t}_tuned")]]:
             got = cells(bench, method, metric)
             if not got["average"]:
@@ -134,11 +134,19 @@ def verdict_table(out: Path, streams: list[str], techniques: list[str]) -> str:
             da, sa = difference(got["average"], naive["average"])
             df, sdf = difference(got["forgetting"], naive["forgetting"])
             better = -da if lower else da
-            verdict = ("—" if method == "naive" else
-                       f"{'improves' if better > 0 else 'worsens'} avg by {abs(da):.3g}" if abs(da) > 2 * sa else
-                       "no measurable benefit on this stream")
+            effects = []
+            if abs(da) > 2 * sa:
+                effects.append(f"{'improves' if better > 0 else 'worsens'} avg by {abs(da):.3g}")
+            til = ""
+            if got["task_il_forgetting"] and naive["task_il_forgetting"]:
+                (tf, stf), (dt, sdt) = (mean_std(got["task_il_forgetting"]),
+                                        difference(got["task_il_forgetting"], naive["task_il_forgetting"]))
+                til = f"{tf:.3f} ± {stf:.3f} | {dt:+.3f} ± {sdt:.3f}"
+                if abs(dt) > 2 * sdt:
+                    effects.append(f"{'cuts' if dt < 0 else 'raises'} task-IL forgetting by {abs(dt):.3g}")
+            verdict = "—" if method == "naive" else "; ".join(effects) or "no measurable benefit on this stream"
             lines.append(f"| {method} | {avg:.3f} ± {s:.3f} | {da:+.3f} ± {sa:.3f} | {fgt:.3f} ± {sf:.3f} | "
-                         f"{df:+.3f} ± {sdf:.3f} | {verdict} |")
+                         f"{df:+.3f} ± {sdf:.3f} | {til or '— | —'} | {verdict} |")
         lines.append("")
     return "\n".join(lines)
 
