@@ -81,8 +81,11 @@ def phase2(techniques: list[str], tuned_dir: Path, out: Path, streams: list[str]
             configs.append(dump(stream_config(stream, name, None), out / stream / "configs" / f"{name}.yaml",
                                 f"{name}, defaults"))
             best = tuned_dir / name / "trials.json"
-            chosen = (json.loads(best.read_text()).get("best") or {}).get("values") if best.exists() else None
-            if chosen:
+            study = json.loads(best.read_text()) if best.exists() else {}
+            chosen = (study.get("best") or {}).get("values")
+            if chosen and chosen == (study.get("default") or {}).get("values"):
+                print(f"{name}: the tuned setting is the default {chosen}; nothing more to run", flush=True)
+            elif chosen:
                 configs.append(dump(stream_config(stream, name, chosen), out / stream / "configs" / f"{name}_tuned.yaml",
                                     f"{name}, tuned on the tuning stream: {chosen}"))
         cmd = [sys.executable, "-m", "clight", "bench", *map(str, configs), "--seeds", *map(str, seeds), "--out",
