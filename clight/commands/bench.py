@@ -72,27 +72,22 @@ def run_bench(configs: Sequence[Path], seeds: Sequence[int], out: Path, extra: S
     Returns:
         The comparison rows (method name = config file stem, in the order given) and the failed cells.
     """
-    rows: dict[str, dict[str, Any]] = {}
     failed: list[str] = []
     grid = [(config, seed) for config in configs for seed in seeds]
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # each cell is its own process
         done = list(pool.map(lambda cs: run_cell(cs[0], cs[1], out / cs[0].stem / f"seed{cs[1]}", extra), grid))
-    for config in configs:
-        cells = []
-        for (c, seed), cell in zip(grid, done):
-            if c != config:
-                continue
-            if cell is not None and val:
-                cell = validation_view(cell)
-                if cell is None:
-                    print(f"{config.stem}/seed{seed}: no validation matrix (give the config "
-                          "`data.init_args.val_fraction`)", flush=True)
+    by_method: dict[str, list[dict[str, Any]]] = {config.stem: [] for config in configs}  # in the order given
+    for (config, seed), cell in zip(grid, done):
+        if cell is not None and val:
+            cell = validation_view(cell)
             if cell is None:
-                failed.append(f"{config.stem}/seed{seed}")
-            else:
-                cells.append(cell)
-        if cells:
-            rows[config.stem] = summarize_runs(cells)
+                print(f"{config.stem}/seed{seed}: no validation matrix (give the config "
+                      "`data.init_args.val_fraction`)", flush=True)
+        if cell is None:
+            failed.append(f"{config.stem}/seed{seed}")
+        else:
+            by_method[config.stem].append(cell)
+    rows = {method: summarize_runs(cells) for method, cells in by_method.items() if cells}
     rows = compare_methods(rows, naive=naive, joint=joint)
     out.mkdir(parents=True, exist_ok=True)
     name = "table_val" if val else "table"
