@@ -15,7 +15,7 @@ from clight.datamodules.loaders import LoadersMixin
 from clight.datamodules.probes import resolve_probes
 from clight.datamodules.sampling import fixed_sample
 from clight.datamodules.tokenizers import check_unk_rate, load_tokenizer
-from clight.datamodules.validation import check_val_fraction, split_validation
+from clight.datamodules.validation import split_validation
 from clight.errors import ClightConfigError
 from clight.task import Probe, Task, TaskInfo
 
@@ -86,10 +86,9 @@ class ContinualDataModule(LoadersMixin, pl.LightningDataModule):
         val_fraction: float = 0.0,
     ) -> None:
         super().__init__()
-        check_val_fraction(val_fraction)
         check_arguments(train_file=train_file, test_file=test_file, tasks=tasks, batch_size=batch_size,
                         max_length=max_length, eval_batch_size=eval_batch_size, eval_max_examples=eval_max_examples,
-                        num_workers=num_workers, dataset=dataset)
+                        num_workers=num_workers, dataset=dataset, val_fraction=val_fraction)
         self.train_file, self.test_file, self.dataset = train_file, test_file, as_spec(dataset)
         self.task_specs = task_specs(tasks)
         self.probe_specs = [p if isinstance(p, Probe) else Probe(**p) for p in (probes or [])]

@@ -11,8 +11,9 @@ from clight.task import Task
 
 def check_arguments(*, train_file: str | None, test_file: str | None, tasks: list[Any] | None, batch_size: int,
                     max_length: int, eval_batch_size: int | None, eval_max_examples: int | None,
-                    num_workers: int, dataset: Any = None) -> None:
-    """Refuse, in one line, sizes below 1, half-given files, a stream with no data or with two sources."""
+                    num_workers: int, dataset: Any = None, val_fraction: float = 0.0) -> None:
+    """Refuse, in one line, sizes below 1, a validation share outside [0, 1), half-given files, a stream with no
+    data or with two sources."""
     for name, value in (("batch_size", batch_size), ("max_length", max_length)):
         if value < 1:
             raise ClightConfigError(f"`{name}` must be >= 1, got {value}.")
@@ -22,6 +23,10 @@ def check_arguments(*, train_file: str | None, test_file: str | None, tasks: lis
         raise ClightConfigError(f"`eval_max_examples` must be >= 1 or empty, got {eval_max_examples}.")
     if num_workers < 0:
         raise ClightConfigError(f"`num_workers` must be >= 0 (0: load in the main process), got {num_workers}.")
+    if not isinstance(val_fraction, (int, float)) or isinstance(val_fraction, bool) or not 0 <= val_fraction < 1:
+        raise ClightConfigError(
+            f"`val_fraction` must be a number in [0, 1) (the share of each task's training examples held out for "
+            f"validation; 0: none), got {val_fraction!r}.")
     sources = [name for name, given in (
         ("`train_file`/`test_file`", train_file is not None or test_file is not None),
         ("per-task `train`/`test` files in `tasks`", any(_files_of(t) for t in tasks or [])),

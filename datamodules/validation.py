@@ -12,13 +12,6 @@ from clight.errors import ClightConfigError
 VAL_SEED_OFFSET = 104_729  # keeps the split's permutation apart from the batch order's (same base seed)
 
 
-def check_val_fraction(val_fraction: float) -> None:
-    if not isinstance(val_fraction, (int, float)) or isinstance(val_fraction, bool) or not 0 <= val_fraction < 1:
-        raise ClightConfigError(
-            f"`val_fraction` must be a number in [0, 1) (the share of each task's training examples held out for "
-            f"validation; 0: none), got {val_fraction!r}.")
-
-
 def split_validation(examples: list[dict[str, Any]], fraction: float, *, seed: int, task_index: int, task: str
                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(train, validation)``: ``round(fraction * n)`` examples (at least 1) drawn by a permutation seeded with the
