@@ -87,7 +87,6 @@ def build_results(state: StreamState, *, tasks: list[str], stages: list[str], se
     """The content of ``results.json``."""
     timing = state.timing
     steps = sum(t["optimizer_steps"] for t in timing)
-    per_step = [t["seconds_per_step"] for t in timing if t["seconds_per_step"] is not None]
     return {
         "tasks": tasks,
         "stages": stages,
@@ -104,7 +103,7 @@ def build_results(state: StreamState, *, tasks: list[str], stages: list[str], se
             "train_seconds": sum(t["train_seconds"] for t in timing),
             "eval_seconds": sum(t["eval_seconds"] for t in timing),
             "optimizer_steps": steps,
-            "seconds_per_step": sum(per_step) / len(per_step) if per_step else None,
+            "seconds_per_step": _mean([t["seconds_per_step"] for t in timing]),
             **{key: _mean([t.get(key) for t in timing]) for key in ("load_average", "cpu_over_wall")},
             "wall_seconds_this_process": seconds,
         },

@@ -140,8 +140,6 @@ def default_values(config: dict[str, Any], space: list[Dimension]) -> dict[str, 
 
 def _storage(optuna: Any, path: Path) -> Any:
     """The study's SQLite storage, with heartbeats: a trial whose process died is failed and retried."""
-    import warnings
-
     new_api = hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")  # Optuna >= 4.9
     retry = (optuna.storages.RetryHeartbeatStaleTrialCallback if new_api else
              optuna.storages.RetryFailedTrialCallback)(max_retry=2)
