@@ -54,7 +54,9 @@ class AdaLoRABudget(ContinualCallback):
                   "orth_reg_weight", "empty or a number >= 0", orth_reg_weight,
                   "Leave it empty for the peft config's weight (0.5 by default); 0 turns the penalty off.")
         self.orth_reg_weight = orth_reg_weight
-        self._saved: dict[str, Any] | None = None
+        self._saved: dict[str, Any] | None = None  # a checkpoint's allocator state, until a model can take it
+        self._trainer_ref: pl.Trainer | None = None
+        self._last_step: int | None = None
 
     @property
     def loss_term_names(self) -> tuple[str, ...]:
@@ -98,7 +100,7 @@ class AdaLoRABudget(ContinualCallback):
         # After an optimizer step, with its gradients still there (Lightning zeroes them at the start of the next
         # step): where peft's own loop calls `update_and_allocate(step)`, the step counted from 0.
         step = trainer.global_step
-        if step == getattr(self, "_last_step", None) or step == 0:
+        if step == self._last_step or step == 0:
             return  # a micro-batch of gradient accumulation: no optimizer step yet
         self._last_step = step
         tuner, _ = self._adalora(pl_module)
@@ -112,7 +114,7 @@ class AdaLoRABudget(ContinualCallback):
     # ---- checkpointing --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        trainer = getattr(self, "_trainer_ref", None)
+        trainer = self._trainer_ref
         module = trainer.lightning_module if trainer is not None else None
         if module is not None:
             tuner, config = self._adalora(module)
@@ -128,7 +130,7 @@ class AdaLoRABudget(ContinualCallback):
         super().load_state_dict(state_dict)
         if "allocator" in state_dict:
             self._saved = {"allocator": state_dict["allocator"], "rank_pattern": state_dict["rank_pattern"]}
-            trainer = getattr(self, "_trainer_ref", None)
+            trainer = self._trainer_ref
             if trainer is not None and trainer.lightning_module is not None:
                 self._restore(self._adalora(trainer.lightning_module)[0], self._saved)
                 self._saved = None
